@@ -1,0 +1,1116 @@
+# Copyright 2026 The FAT5 Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""PyTorch FAT5 (Flash Attention T5) model: T5 with alternative position encodings and kernel-friendly attention."""
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    QuestionAnsweringModelOutput,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, auto_docstring, logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+from .configuration_flash_t5 import FlashT5Config
+
+
+logger = logging.get_logger(__name__)
+
+# transformers renamed the cache field of model outputs from `past_key_values` to `cache`; support both.
+_CACHE_OUTPUT_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+
+
+class FlashT5LayerNorm(nn.Module):
+    def __init__(self, hidden_size, eps=1e-6):
+        """T5-style RMSNorm: no mean subtraction, no bias, statistics in fp32."""
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states):
+        variance = hidden_states.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        if self.weight.dtype in [torch.float16, torch.bfloat16]:
+            hidden_states = hidden_states.to(self.weight.dtype)
+        return self.weight * hidden_states
+
+
+class FlashT5DenseActDense(nn.Module):
+    def __init__(self, config: FlashT5Config):
+        super().__init__()
+        self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.act = ACT2FN[config.dense_act_fn]
+
+    def forward(self, hidden_states):
+        hidden_states = self.dropout(self.act(self.wi(hidden_states)))
+        return self.wo(hidden_states.to(self.wo.weight.dtype))
+
+
+class FlashT5DenseGatedActDense(nn.Module):
+    def __init__(self, config: FlashT5Config):
+        super().__init__()
+        self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.act = ACT2FN[config.dense_act_fn]
+
+    def forward(self, hidden_states):
+        hidden_states = self.act(self.wi_0(hidden_states)) * self.wi_1(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        return self.wo(hidden_states.to(self.wo.weight.dtype))
+
+
+class FlashT5LayerFF(nn.Module):
+    def __init__(self, config: FlashT5Config):
+        super().__init__()
+        if config.is_gated_act:
+            self.DenseReluDense = FlashT5DenseGatedActDense(config)
+        else:
+            self.DenseReluDense = FlashT5DenseActDense(config)
+        self.layer_norm = FlashT5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    def forward(self, hidden_states):
+        forwarded_states = self.DenseReluDense(self.layer_norm(hidden_states))
+        return hidden_states + self.dropout(forwarded_states)
+
+
+def relative_position_bucket(relative_position, bidirectional=True, num_buckets=32, max_distance=128):
+    """
+    T5's bucketing of `key_position - query_position`: exact buckets for small distances, logarithmic ones up to
+    `max_distance`, one bucket beyond. Bidirectional bucketing gives each side half of the buckets; otherwise keys after
+    the query share bucket 0.
+    """
+    relative_buckets = 0
+    if bidirectional:
+        num_buckets //= 2
+        relative_buckets += (relative_position > 0).to(torch.long) * num_buckets
+        relative_position = torch.abs(relative_position)
+    else:
+        relative_position = -torch.min(relative_position, torch.zeros_like(relative_position))
+    max_exact = num_buckets // 2
+    is_small = relative_position < max_exact
+    relative_position_if_large = max_exact + (
+        torch.log(relative_position.float() / max_exact)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).to(torch.long)
+    relative_position_if_large = torch.min(
+        relative_position_if_large, torch.full_like(relative_position_if_large, num_buckets - 1)
+    )
+    return relative_buckets + torch.where(is_small, relative_position, relative_position_if_large)
+
+
+def alibi_slopes(num_heads: int) -> list[float]:
+    """ALiBi's geometric slopes; head counts that are not a power of two interleave those of the next power."""
+    closest_power_of_2 = 2 ** math.floor(math.log2(num_heads))
+    base = 2.0 ** (-8.0 / closest_power_of_2)
+    slopes = [base ** (i + 1) for i in range(closest_power_of_2)]
+    if closest_power_of_2 < num_heads:
+        slopes += alibi_slopes(2 * closest_power_of_2)[0::2][: num_heads - closest_power_of_2]
+    return slopes
+
+
+class FlashT5FIRE(nn.Module):
+    """
+    FIRE (Li et al., 2023, "Functional Interpolation for Relative Positions"): an MLP maps the log-compressed relative
+    distance, normalised by the log-compressed query position (floored at a learned threshold), to one bias per head.
+    """
+
+    def __init__(self, config: FlashT5Config):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(1, config.fire_hidden_size), nn.ReLU(), nn.Linear(config.fire_hidden_size, config.num_heads)
+        )
+        self.distance_scale = nn.Parameter(torch.tensor(0.1))
+        self.register_buffer("threshold", torch.tensor(float(config.relative_attention_max_distance)))
+        self.threshold_multiplier = nn.Parameter(torch.tensor(1.0))
+        self.eps = 1e-6
+
+    def forward(self, query_length, key_length, past_seen_tokens=0, device=None):
+        query_position = torch.arange(query_length, dtype=torch.float32, device=device) + past_seen_tokens
+        key_position = torch.arange(key_length, dtype=torch.float32, device=device)
+        distance = query_position[:, None] - key_position[None, :]
+        distance = torch.sign(distance) * torch.log(torch.abs(self.distance_scale * distance) + 1)
+        normalizer = torch.max(query_position, torch.abs(self.threshold_multiplier * self.threshold))
+        normalizer = torch.log(torch.abs(self.distance_scale * normalizer) + 1)[:, None] + self.eps
+        bias = self.mlp((distance / normalizer).unsqueeze(-1).to(self.mlp[0].weight.dtype))
+        return bias.permute(2, 0, 1).unsqueeze(0)
+
+
+def rotary_cos_sin(config: FlashT5Config, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines and sines of the rotary angles, (len(positions), rotary_dim // 2), in fp32."""
+    rotary_dim = int(config.d_kv * config.rotary_fraction)
+    inv_freq = 1.0 / (
+        config.rotary_base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=positions.device) / rotary_dim)
+    )
+    angles = torch.outer(positions.float(), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Rotates the first `2 * cos.shape[-1]` dimensions of (batch, heads, seq, head_dim) states; leaves the rest."""
+    rotary_dim = 2 * cos.shape[-1]
+    rotated, passed = states[..., :rotary_dim].float(), states[..., rotary_dim:]
+    if interleaved:
+        first, second = rotated[..., 0::2], rotated[..., 1::2]
+    else:
+        first, second = rotated.chunk(2, dim=-1)
+    first, second = first * cos - second * sin, first * sin + second * cos
+    if interleaved:
+        rotated = torch.stack((first, second), dim=-1).flatten(-2)
+    else:
+        rotated = torch.cat((first, second), dim=-1)
+    return torch.cat((rotated.to(states.dtype), passed), dim=-1)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    position_bias: torch.Tensor | None = None,
+    **kwargs: Unpack[TransformersKwargs],
+):
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if position_bias is not None:
+        attn_weights = attn_weights + position_bias
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights.float(), dim=-1).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value)
+    attn_output = attn_output.transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class FlashT5Attention(nn.Module):
+    def __init__(
+        self,
+        config: FlashT5Config,
+        has_position_bias: bool = False,
+        layer_idx: int | None = None,
+        is_causal: bool = False,
+        is_cross_attention: bool = False,
+    ):
+        super().__init__()
+        self.config = config
+        self.is_causal = is_causal
+        self.is_cross_attention = is_cross_attention
+        self.layer_idx = layer_idx
+        self.key_value_proj_dim = config.d_kv
+        self.n_heads = config.num_heads
+        self.dropout = config.dropout_rate
+        self.inner_dim = self.n_heads * self.key_value_proj_dim
+        self.scaling = config.attention_scale
+        # Positions enter self-attention only; cross-attention sees the encoder's states without a position signal.
+        self.position_encoding_type = None if is_cross_attention else config.position_encoding_type
+        self.has_position_bias = has_position_bias and self.position_encoding_type in ("t5", "alibi", "fire")
+
+        self.q = nn.Linear(config.d_model, self.inner_dim, bias=False)
+        self.k = nn.Linear(config.d_model, self.inner_dim, bias=False)
+        self.v = nn.Linear(config.d_model, self.inner_dim, bias=False)
+        self.o = nn.Linear(self.inner_dim, config.d_model, bias=False)
+
+        if self.has_position_bias and self.position_encoding_type == "t5":
+            self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, self.n_heads)
+        if self.has_position_bias and self.position_encoding_type == "fire":
+            self.fire = FlashT5FIRE(config)
+
+    def compute_position_bias(self, query_length, key_length, past_seen_tokens, device, in_kernel):
+        """
+        The stack's shared position bias, built by its first layer: a dense (1, heads, query, key) tensor, or, for an
+        attention function that computes the bias itself, its parameters (the T5 table or the ALiBi slopes).
+        """
+        if self.position_encoding_type == "t5":
+            if in_kernel:
+                return self.relative_attention_bias.weight
+            query_position = torch.arange(query_length, dtype=torch.long, device=device)[:, None] + past_seen_tokens
+            key_position = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
+            buckets = relative_position_bucket(
+                key_position - query_position,
+                bidirectional=not self.is_causal,
+                num_buckets=self.config.relative_attention_num_buckets,
+                max_distance=self.config.relative_attention_max_distance,
+            )
+            return self.relative_attention_bias(buckets).permute([2, 0, 1]).unsqueeze(0)
+        if self.position_encoding_type == "fire":
+            return self.fire(query_length, key_length, past_seen_tokens, device=device)
+        slopes = torch.tensor(alibi_slopes(self.n_heads), dtype=torch.float32, device=device)
+        if self.config.alibi_mode == "symmetric" and in_kernel:
+            return slopes
+        query_position = torch.arange(query_length, dtype=torch.long, device=device)[:, None] + past_seen_tokens
+        key_position = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
+        distance = key_position - query_position
+        if self.config.alibi_mode == "symmetric" or self.is_causal:
+            return (-slopes[:, None, None] * distance.abs()).unsqueeze(0)
+        # Asymmetric: the first half of the heads looks only backwards, the second half only forwards, each half with
+        # the slopes of a model of half as many heads.
+        half = self.n_heads // 2
+        half_slopes = torch.tensor(alibi_slopes(half), dtype=torch.float32, device=device).repeat(2)
+        blocked = torch.cat([(distance > 0).expand(half, -1, -1), (distance < 0).expand(half, -1, -1)])
+        bias = -half_slopes[:, None, None] * distance.abs()
+        return bias.masked_fill(blocked, float("-inf")).unsqueeze(0)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states,
+        mask=None,
+        key_value_states=None,
+        position_bias=None,
+        position_embeddings=None,
+        cache=None,
+        **kwargs: Unpack[TransformersKwargs],
+    ):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.key_value_proj_dim)
+        past_seen_tokens = cache.get_seq_length(self.layer_idx) if cache is not None else 0
+
+        query_states = self.q(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        is_updated = False
+        curr_cache = cache
+        if isinstance(cache, EncoderDecoderCache):
+            is_updated = cache.is_updated.get(self.layer_idx)
+            curr_cache = cache.cross_attention_cache if self.is_cross_attention else cache.self_attention_cache
+
+        current_states = key_value_states if self.is_cross_attention else hidden_states
+        if self.is_cross_attention and cache is not None and is_updated:
+            key_states = curr_cache.layers[self.layer_idx].keys
+            value_states = curr_cache.layers[self.layer_idx].values
+        else:
+            kv_shape = (*current_states.shape[:-1], -1, self.key_value_proj_dim)
+            key_states = self.k(current_states).view(kv_shape).transpose(1, 2)
+            value_states = self.v(current_states).view(kv_shape).transpose(1, 2)
+            if position_embeddings is not None:
+                cos, sin = position_embeddings
+                query_states = apply_rotary(query_states, cos, sin, self.config.rotary_interleaved)
+                key_states = apply_rotary(key_states, cos, sin, self.config.rotary_interleaved)
+            if cache is not None:
+                key_states, value_states = curr_cache.update(key_states, value_states, self.layer_idx)
+                if self.is_cross_attention and isinstance(cache, EncoderDecoderCache):
+                    cache.is_updated[self.layer_idx] = True
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        # Kernels that compute the bias in place take its parameters instead of a (query x key) tensor.
+        in_kernel = getattr(attention_interface, "computes_position_bias", False)
+        if position_bias is None and self.has_position_bias:
+            position_bias = self.compute_position_bias(
+                input_shape[1], key_states.shape[-2], past_seen_tokens, query_states.device, in_kernel
+            )
+
+        bias_kwargs = {"position_bias": None}
+        if position_bias is not None and in_kernel and self.position_encoding_type == "t5":
+            bias_kwargs = {
+                "relative_attention_bias": position_bias,
+                "relative_attention_num_buckets": self.config.relative_attention_num_buckets,
+                "relative_attention_max_distance": self.config.relative_attention_max_distance,
+                "bidirectional": not self.is_causal,
+                "query_offset": past_seen_tokens,
+            }
+        elif position_bias is not None and position_bias.dim() == 1:
+            bias_kwargs = {"alibi_slopes": position_bias, "query_offset": past_seen_tokens}
+        elif position_bias is not None:
+            # A view over the batch: flex attention indexes the bias by batch.
+            dense_bias = position_bias.to(query_states.dtype).expand(query_states.shape[0], -1, -1, -1)
+            bias_kwargs = {"position_bias": dense_bias}
+
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            mask,
+            dropout=0.0 if not self.training else self.dropout,
+            scaling=self.scaling,
+            is_causal=self.is_causal,
+            **bias_kwargs,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o(attn_output)
+        return attn_output, position_bias, attn_weights
+
+
+class FlashT5LayerSelfAttention(nn.Module):
+    def __init__(self, config, has_position_bias=False, layer_idx: int | None = None):
+        super().__init__()
+        self.SelfAttention = FlashT5Attention(
+            config, has_position_bias=has_position_bias, layer_idx=layer_idx, is_causal=config.is_decoder
+        )
+        self.layer_norm = FlashT5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states,
+        attention_mask=None,
+        position_bias=None,
+        position_embeddings=None,
+        cache=None,
+        **kwargs: Unpack[TransformersKwargs],
+    ):
+        attention_output, position_bias, attn_weights = self.SelfAttention(
+            self.layer_norm(hidden_states),
+            mask=attention_mask,
+            position_bias=position_bias,
+            position_embeddings=position_embeddings,
+            cache=cache,
+            **kwargs,
+        )
+        return hidden_states + self.dropout(attention_output), position_bias, attn_weights
+
+
+class FlashT5LayerCrossAttention(nn.Module):
+    def __init__(self, config, layer_idx: int | None = None):
+        super().__init__()
+        self.EncDecAttention = FlashT5Attention(config, layer_idx=layer_idx, is_cross_attention=True)
+        self.layer_norm = FlashT5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states,
+        key_value_states,
+        attention_mask=None,
+        cache=None,
+        **kwargs: Unpack[TransformersKwargs],
+    ):
+        attention_output, _, attn_weights = self.EncDecAttention(
+            self.layer_norm(hidden_states),
+            mask=attention_mask,
+            key_value_states=key_value_states,
+            cache=cache,
+            **kwargs,
+        )
+        return hidden_states + self.dropout(attention_output), attn_weights
+
+
+class FlashT5Block(GradientCheckpointingLayer):
+    def __init__(self, config, has_position_bias=False, layer_idx: int | None = None):
+        super().__init__()
+        self.is_decoder = config.is_decoder
+        self.layer = nn.ModuleList()
+        self.layer.append(FlashT5LayerSelfAttention(config, has_position_bias=has_position_bias, layer_idx=layer_idx))
+        if self.is_decoder:
+            self.layer.append(FlashT5LayerCrossAttention(config, layer_idx=layer_idx))
+        self.layer.append(FlashT5LayerFF(config))
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states,
+        attention_mask=None,
+        position_bias=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        position_embeddings=None,
+        cache=None,
+        **kwargs: Unpack[TransformersKwargs],
+    ):
+        hidden_states, position_bias, _ = self.layer[0](
+            hidden_states,
+            attention_mask=attention_mask,
+            position_bias=position_bias,
+            position_embeddings=position_embeddings,
+            cache=cache,
+            **kwargs,
+        )
+        if self.is_decoder and encoder_hidden_states is not None:
+            hidden_states, _ = self.layer[1](
+                hidden_states,
+                key_value_states=encoder_hidden_states,
+                attention_mask=encoder_attention_mask,
+                cache=cache,
+                **kwargs,
+            )
+        hidden_states = self.layer[-1](hidden_states)
+        return hidden_states, position_bias
+
+
+class FlashT5ClassificationHead(nn.Module):
+    """Head for sentence-level classification tasks."""
+
+    def __init__(self, config: FlashT5Config):
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.dropout = nn.Dropout(p=config.classifier_dropout)
+        self.out_proj = nn.Linear(config.d_model, config.num_labels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dropout(hidden_states)
+        hidden_states = torch.tanh(self.dense(hidden_states))
+        hidden_states = self.dropout(hidden_states)
+        return self.out_proj(hidden_states)
+
+
+def check_token_inputs(input_ids, attention_mask, inputs_embeds, name=""):
+    """Rejects inputs whose dtype or shape would otherwise fail deep inside the model, or silently mislead it."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError(f"You must specify exactly one of {name}input_ids or {name}inputs_embeds.")
+    if input_ids is not None:
+        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+            raise TypeError(f"`{name}input_ids` must hold integer token ids, got dtype {input_ids.dtype}.")
+        if input_ids.dim() != 2:
+            raise ValueError(
+                f"`{name}input_ids` must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}."
+            )
+        batch_and_length = tuple(input_ids.shape)
+    else:
+        if inputs_embeds.dim() != 3:
+            raise ValueError(
+                f"`{name}inputs_embeds` must have shape (batch_size, sequence_length, d_model), got "
+                f"{tuple(inputs_embeds.shape)}."
+            )
+        batch_and_length = tuple(inputs_embeds.shape[:2])
+    if attention_mask is not None:
+        if attention_mask.dim() != 2 or tuple(attention_mask.shape) != batch_and_length:
+            raise ValueError(
+                f"`{name}attention_mask` must have shape (batch_size, sequence_length) = {batch_and_length}, got "
+                f"{tuple(attention_mask.shape)}."
+            )
+        if attention_mask.dtype.is_complex:
+            raise TypeError(f"`{name}attention_mask` must be boolean or integer (1 = attend), got {attention_mask.dtype}.")
+
+
+@auto_docstring
+class FlashT5PreTrainedModel(PreTrainedModel):
+    config: FlashT5Config
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+
+    _no_split_modules = ["FlashT5Block"]
+    _keep_in_fp32_modules = ["wo"]
+    _supports_flash_attn = False
+    _supports_flex_attn = True
+    _supports_sdpa = True
+    _can_compile_fullgraph = True
+
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(FlashT5Block, index=0),
+        "attentions": OutputRecorder(FlashT5LayerSelfAttention, index=-1),
+        "cross_attentions": OutputRecorder(FlashT5LayerCrossAttention, index=-1),
+    }
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        factor = self.config.initializer_factor
+        d_model, d_ff = self.config.d_model, self.config.d_ff
+        if isinstance(module, FlashT5LayerNorm):
+            init.constant_(module.weight, factor * 1.0)
+        elif hasattr(module, "shared"):
+            init.normal_(module.shared.weight, mean=0.0, std=factor * 1.0)
+            if hasattr(module, "lm_head") and not self.config.tie_word_embeddings:
+                init.normal_(module.lm_head.weight, mean=0.0, std=factor * 1.0)
+            if hasattr(module, "qa_outputs"):
+                init.normal_(module.qa_outputs.weight, mean=0.0, std=factor * d_model**-0.5)
+                init.zeros_(module.qa_outputs.bias)
+            if hasattr(module, "classifier"):
+                init.normal_(module.classifier.weight, mean=0.0, std=factor * d_model**-0.5)
+                init.zeros_(module.classifier.bias)
+        elif isinstance(module, FlashT5ClassificationHead):
+            init.normal_(module.dense.weight, mean=0.0, std=factor * d_model**-0.5)
+            init.zeros_(module.dense.bias)
+            init.normal_(module.out_proj.weight, mean=0.0, std=factor * d_model**-0.5)
+            init.zeros_(module.out_proj.bias)
+        elif isinstance(module, FlashT5DenseActDense):
+            init.normal_(module.wi.weight, mean=0.0, std=factor * d_model**-0.5)
+            init.normal_(module.wo.weight, mean=0.0, std=factor * d_ff**-0.5)
+        elif isinstance(module, FlashT5DenseGatedActDense):
+            init.normal_(module.wi_0.weight, mean=0.0, std=factor * d_model**-0.5)
+            init.normal_(module.wi_1.weight, mean=0.0, std=factor * d_model**-0.5)
+            init.normal_(module.wo.weight, mean=0.0, std=factor * d_ff**-0.5)
+        elif isinstance(module, FlashT5FIRE):
+            init.constant_(module.distance_scale, 0.1)
+            init.constant_(module.threshold, float(self.config.relative_attention_max_distance))
+            init.constant_(module.threshold_multiplier, 1.0)
+        elif isinstance(module, FlashT5Attention):
+            d_kv, n_heads = self.config.d_kv, self.config.num_heads
+            init.normal_(module.q.weight, mean=0.0, std=factor * (d_model * d_kv) ** -0.5)
+            init.normal_(module.k.weight, mean=0.0, std=factor * d_model**-0.5)
+            init.normal_(module.v.weight, mean=0.0, std=factor * d_model**-0.5)
+            init.normal_(module.o.weight, mean=0.0, std=factor * (n_heads * d_kv) ** -0.5)
+            if hasattr(module, "relative_attention_bias"):
+                init.normal_(module.relative_attention_bias.weight, mean=0.0, std=factor * d_model**-0.5)
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        # The Triton kernels carry the position bias at linear memory: prefer them wherever they can run.
+        if requested_attention is None and fat5_kernels_available():
+            return "fat5"
+        if requested_attention is not None and requested_attention.startswith("flash_attention"):
+            raise ValueError(
+                f"attn_implementation={requested_attention!r} cannot carry FAT5's position bias "
+                f"(position_encoding_type={self.config.position_encoding_type!r}); use 'fat5' (Triton kernels), "
+                "'sdpa', 'flex_attention' or 'eager'."
+            )
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
+
+    def _shift_right(self, input_ids):
+        decoder_start_token_id = self.config.decoder_start_token_id
+        pad_token_id = self.config.pad_token_id
+        if decoder_start_token_id is None:
+            raise ValueError("`config.decoder_start_token_id` must be set to shift labels into decoder inputs.")
+        if pad_token_id is None:
+            raise ValueError("`config.pad_token_id` must be set to replace ignored labels (-100) in decoder inputs.")
+        shifted_input_ids = input_ids.new_zeros(input_ids.shape)
+        shifted_input_ids[..., 1:] = input_ids[..., :-1].clone()
+        shifted_input_ids[..., 0] = decoder_start_token_id
+        shifted_input_ids.masked_fill_(shifted_input_ids == -100, pad_token_id)
+        return shifted_input_ids
+
+
+def fat5_kernels_available() -> bool:
+    """Whether the `fat5` Triton attention can run here (a CUDA GPU and Triton)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return "fat5" in ALL_ATTENTION_FUNCTIONS.valid_keys()
+
+
+class FlashT5Stack(FlashT5PreTrainedModel):
+    """A stack of FAT5 blocks over the token embedding that the model owning the stack shares with its other parts."""
+
+    def __init__(self, config: FlashT5Config, embed_tokens: nn.Embedding):
+        super().__init__(config)
+        self.embed_tokens = embed_tokens
+        self.is_decoder = config.is_decoder
+        self.block = nn.ModuleList(
+            [FlashT5Block(config, has_position_bias=bool(i == 0), layer_idx=i) for i in range(config.num_layers)]
+        )
+        self.final_layer_norm = FlashT5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.post_init()
+
+    def set_input_embeddings(self, new_embeddings):
+        self.embed_tokens = new_embeddings
+
+    @merge_with_config_defaults
+    @capture_outputs
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        inputs_embeds=None,
+        cache=None,
+        use_cache=None,
+        **kwargs: Unpack[TransformersKwargs],
+    ):
+        check_token_inputs(input_ids, attention_mask, inputs_embeds, name="decoder_" if self.is_decoder else "")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and not self.is_decoder:
+            raise ValueError(f"`use_cache` can only be set to `True` if {self.__class__.__name__} is a decoder.")
+        if not self.is_decoder:
+            cache = None
+        elif use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+
+        self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+        past_seen_tokens = self_attention_cache.get_seq_length() if self_attention_cache is not None else 0
+        if self.is_decoder:
+            attention_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, self_attention_cache)
+        else:
+            attention_mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
+            )
+        if self.is_decoder and encoder_hidden_states is not None:
+            encoder_attention_mask = create_bidirectional_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=encoder_attention_mask,
+                encoder_hidden_states=encoder_hidden_states,
+            )
+
+        position_embeddings = None
+        if self.config.position_encoding_type == "rope":
+            positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
+            position_embeddings = rotary_cos_sin(self.config, positions)
+
+        hidden_states = self.dropout(inputs_embeds)
+        position_bias = None
+        for layer_module in self.block:
+            hidden_states, position_bias = layer_module(
+                hidden_states,
+                attention_mask,
+                position_bias,  # positional, so that gradient checkpointing carries its gradient
+                encoder_hidden_states,
+                encoder_attention_mask,
+                position_embeddings=position_embeddings,
+                cache=cache,
+                **kwargs,
+            )
+
+        hidden_states = self.dropout(self.final_layer_norm(hidden_states))
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden_states, **{_CACHE_OUTPUT_FIELD: cache}
+        )
+
+
+def encoder_config_of(config: FlashT5Config) -> FlashT5Config:
+    encoder_config = copy.deepcopy(config)
+    encoder_config.is_decoder = False
+    encoder_config.use_cache = False
+    return encoder_config
+
+
+def decoder_config_of(config: FlashT5Config) -> FlashT5Config:
+    decoder_config = copy.deepcopy(config)
+    decoder_config.is_decoder = True
+    decoder_config.num_layers = config.num_decoder_layers
+    return decoder_config
+
+
+def as_encoder_output(encoder_outputs) -> BaseModelOutput:
+    if isinstance(encoder_outputs, BaseModelOutput):
+        return encoder_outputs
+    return BaseModelOutput(
+        last_hidden_state=encoder_outputs[0],
+        hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
+        attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
+    )
+
+
+@auto_docstring
+class FlashT5Model(FlashT5PreTrainedModel):
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+
+    def __init__(self, config: FlashT5Config):
+        super().__init__(config)
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.encoder = FlashT5Stack(encoder_config_of(config), self.shared)
+        self.decoder = FlashT5Stack(decoder_config_of(config), self.shared)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.shared
+
+    def set_input_embeddings(self, new_embeddings):
+        self.shared = new_embeddings
+        for stack in (self.encoder, self.decoder):
+            stack.set_input_embeddings(new_embeddings)
+
+    @can_return_tuple
+    @auto_docstring
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple[tuple[torch.Tensor]] | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqModelOutput:
+        r"""
+        decoder_input_ids (`torch.LongTensor` of shape `(batch_size, target_sequence_length)`, *optional*):
+            Indices of decoder input sequence tokens in the vocabulary. FAT5 starts decoding with
+            `config.decoder_start_token_id`; with a `cache`, only the tokens not yet in it need to be given.
+        decoder_attention_mask (`torch.Tensor` of shape `(batch_size, target_sequence_length)`, *optional*):
+            Mask of the decoder inputs that are padding, on top of the causal mask.
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            )
+        encoder_outputs = as_encoder_output(encoder_outputs)
+
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            inputs_embeds=decoder_inputs_embeds,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            **{_CACHE_OUTPUT_FIELD: getattr(decoder_outputs, _CACHE_OUTPUT_FIELD)},
+        )
+
+
+@auto_docstring(
+    custom_intro="""
+    FAT5 with a language-modeling head: the encoder-decoder for span corruption, translation, summarisation and
+    every text-to-text task, with `generate`.
+    """
+)
+class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "shared.weight"}
+
+    def __init__(self, config: FlashT5Config):
+        super().__init__(config)
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.encoder = FlashT5Stack(encoder_config_of(config), self.shared)
+        self.decoder = FlashT5Stack(decoder_config_of(config), self.shared)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.shared
+
+    def set_input_embeddings(self, new_embeddings):
+        self.shared = new_embeddings
+        for stack in (self.encoder, self.decoder):
+            stack.set_input_embeddings(new_embeddings)
+
+    def lm_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy in fp32 over the labelled tokens (-100 is ignored), with label smoothing and z-loss."""
+        logits = logits.float().view(-1, logits.size(-1))
+        labels = labels.to(logits.device).view(-1)
+        loss = nn.functional.cross_entropy(
+            logits, labels, ignore_index=-100, label_smoothing=self.config.label_smoothing
+        )
+        if self.config.z_loss:
+            labelled = (labels != -100).float()
+            log_z = torch.logsumexp(logits, dim=-1)
+            loss = loss + self.config.z_loss * (log_z.square() * labelled).sum() / labelled.sum().clamp(min=1.0)
+        return loss
+
+    @can_return_tuple
+    @auto_docstring
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: tuple[tuple[torch.Tensor]] | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> Seq2SeqLMOutput:
+        r"""
+        decoder_input_ids (`torch.LongTensor` of shape `(batch_size, target_sequence_length)`, *optional*):
+            Indices of decoder input sequence tokens in the vocabulary. When `labels` are given and these are not,
+            they are the labels shifted right behind `config.decoder_start_token_id`.
+        decoder_attention_mask (`torch.Tensor` of shape `(batch_size, target_sequence_length)`, *optional*):
+            Mask of the decoder inputs that are padding, on top of the causal mask.
+        labels (`torch.LongTensor` of shape `(batch_size, target_sequence_length)`, *optional*):
+            Target token ids for the language-modeling loss; -100 marks tokens the loss ignores. The loss adds
+            `config.z_loss` and `config.label_smoothing`.
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> import fat5
+        >>> from fat5 import FlashT5Config, FlashT5ForConditionalGeneration
+
+        >>> config = FlashT5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+        >>> model = FlashT5ForConditionalGeneration(config)
+        >>> input_ids = torch.tensor([[5, 6, 7, 1]])
+        >>> loss = model(input_ids=input_ids, labels=torch.tensor([[8, 9, 1]])).loss
+        >>> generated = model.generate(input_ids, max_new_tokens=4, do_sample=False)
+        >>> generated.shape[0]
+        1
+        ```"""
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            )
+        encoder_outputs = as_encoder_output(encoder_outputs)
+
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+            decoder_input_ids = self._shift_right(labels)
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            inputs_embeds=decoder_inputs_embeds,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            cache=cache,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+        sequence_output = decoder_outputs.last_hidden_state
+        if self.config.scale_decoder_outputs:
+            # T5 v1.0 shares the input embedding with the output projection and rescales before it.
+            sequence_output = sequence_output * (self.config.d_model**-0.5)
+        lm_logits = self.lm_head(sequence_output)
+
+        loss = self.lm_loss(lm_logits, labels) if labels is not None else None
+        return Seq2SeqLMOutput(
+            loss=loss,
+            logits=lm_logits,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            **{_CACHE_OUTPUT_FIELD: getattr(decoder_outputs, _CACHE_OUTPUT_FIELD)},
+        )
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor):
+        return self._shift_right(labels)
+
+
+class FlashT5EncoderOnlyModel(FlashT5PreTrainedModel):
+    """The token embedding and the encoder, shared by the encoder-only model and heads."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^lm_head\."]
+
+    def __init__(self, config: FlashT5Config):
+        super().__init__(config)
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.encoder = FlashT5Stack(encoder_config_of(config), self.shared)
+
+    def get_input_embeddings(self):
+        return self.shared
+
+    def set_input_embeddings(self, new_embeddings):
+        self.shared = new_embeddings
+        self.encoder.set_input_embeddings(new_embeddings)
+
+    def encode(self, input_ids, attention_mask, inputs_embeds, **kwargs) -> BaseModelOutput:
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+
+
+@auto_docstring
+class FlashT5EncoderModel(FlashT5EncoderOnlyModel):
+    def __init__(self, config: FlashT5Config):
+        super().__init__(config)
+        self.post_init()
+
+    @can_return_tuple
+    @auto_docstring(checkpoint="CATIE-AQ/FAT5-small")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
+        return self.encode(input_ids, attention_mask, inputs_embeds, **kwargs)
+
+
+@auto_docstring(
+    custom_intro="""
+    FAT5 encoder with a sequence classification or regression head on the hidden state of each sequence's last
+    end-of-sequence token. It has no decoder: half the parameters of T5's encoder-decoder head.
+    """
+)
+class FlashT5ForSequenceClassification(FlashT5EncoderOnlyModel):
+    def __init__(self, config: FlashT5Config):
+        super().__init__(config)
+        self.classification_head = FlashT5ClassificationHead(config)
+        self.post_init()
+
+    @can_return_tuple
+    @auto_docstring(checkpoint="CATIE-AQ/FAT5-small")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> SequenceClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Labels for computing the sequence classification/regression loss. Indices should be in `[0, ...,
+            config.num_labels - 1]`. If `config.num_labels == 1` a regression loss is computed (Mean-Square loss), If
+            `config.num_labels > 1` a classification loss is computed (Cross-Entropy).
+        """
+        if input_ids is None:
+            raise ValueError(
+                f"{self.__class__.__name__} pools the hidden state of each sequence's last end-of-sequence token and "
+                "needs `input_ids` to find it; `inputs_embeds` alone are not enough."
+            )
+        outputs = self.encode(input_ids, attention_mask, inputs_embeds, **kwargs)
+        sequence_output = outputs.last_hidden_state
+
+        eos_mask = input_ids.eq(self.config.eos_token_id).to(sequence_output.device)
+        if not eos_mask.any(dim=1).all():
+            raise ValueError(
+                f"Every sequence must contain the end-of-sequence token (id {self.config.eos_token_id}): its hidden "
+                "state is the sequence's representation. Tokenize with the eos appended."
+            )
+        positions = torch.arange(eos_mask.shape[1], device=eos_mask.device)
+        last_eos = (eos_mask * positions).argmax(dim=1)
+        pooled = sequence_output[torch.arange(sequence_output.shape[0], device=sequence_output.device), last_eos]
+        logits = self.classification_head(pooled)
+
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if self.config.problem_type is None:
+                if self.config.num_labels == 1:
+                    self.config.problem_type = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    self.config.problem_type = "single_label_classification"
+                else:
+                    self.config.problem_type = "multi_label_classification"
+            if self.config.problem_type == "regression":
+                loss = MSELoss()(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+            elif self.config.problem_type == "single_label_classification":
+                loss = CrossEntropyLoss()(logits.view(-1, self.config.num_labels), labels.view(-1))
+            else:
+                loss = BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+@auto_docstring(
+    custom_intro="""
+    FAT5 encoder with a token classification head (a linear layer on each hidden state), e.g. for named-entity
+    recognition.
+    """
+)
+class FlashT5ForTokenClassification(FlashT5EncoderOnlyModel):
+    def __init__(self, config: FlashT5Config):
+        super().__init__(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    @auto_docstring(checkpoint="CATIE-AQ/FAT5-small")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> TokenClassifierOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Labels for computing the token classification loss. Indices should be in `[0, ..., config.num_labels - 1]`;
+            -100 marks tokens the loss ignores.
+        """
+        outputs = self.encode(input_ids, attention_mask, inputs_embeds, **kwargs)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.view(-1, self.config.num_labels), labels.to(logits.device).view(-1))
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+@auto_docstring(
+    custom_intro="""
+    FAT5 encoder with a span classification head for extractive question answering (a linear layer on the hidden
+    states computing span start and end logits).
+    """
+)
+class FlashT5ForQuestionAnswering(FlashT5EncoderOnlyModel):
+    def __init__(self, config: FlashT5Config):
+        super().__init__(config)
+        self.qa_outputs = nn.Linear(config.d_model, 2)
+        self.post_init()
+
+    @can_return_tuple
+    @auto_docstring(checkpoint="CATIE-AQ/FAT5-small")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.LongTensor | None = None,
+        end_positions: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> QuestionAnsweringModelOutput:
+        outputs = self.encode(input_ids, attention_mask, inputs_embeds, **kwargs)
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = (part.squeeze(-1).contiguous() for part in logits.split(1, dim=-1))
+
+        total_loss = None
+        if start_positions is not None and end_positions is not None:
+            # Positions outside the sequence are clamped to an ignored index, as transformers' QA heads do.
+            ignored_index = start_logits.size(1)
+            start_positions = start_positions.view(-1).to(start_logits.device).clamp(0, ignored_index)
+            end_positions = end_positions.view(-1).to(end_logits.device).clamp(0, ignored_index)
+            loss_fct = CrossEntropyLoss(ignore_index=ignored_index)
+            total_loss = (loss_fct(start_logits, start_positions) + loss_fct(end_logits, end_positions)) / 2
+
+        return QuestionAnsweringModelOutput(
+            loss=total_loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = [
+    "FlashT5EncoderModel",
+    "FlashT5ForConditionalGeneration",
+    "FlashT5ForQuestionAnswering",
+    "FlashT5ForSequenceClassification",
+    "FlashT5ForTokenClassification",
+    "FlashT5Model",
+    "FlashT5PreTrainedModel",
+]
