@@ -9,7 +9,9 @@ import importlib
 
 
 # In a transformers source tree the auto mappings name the config; as a plugin, auto_docstring needs to be told.
-importlib.import_module("transformers.utils.auto_docstring").HARDCODED_CONFIG_FOR_MODELS.setdefault("flash-t5", "FlashT5Config")
+importlib.import_module("transformers.utils.auto_docstring").HARDCODED_CONFIG_FOR_MODELS.setdefault(
+    "flash-t5", "FlashT5Config"
+)
 
 from transformers import (  # noqa: E402
     AutoConfig,
@@ -31,6 +33,7 @@ from .models.flash_t5 import (  # noqa: E402
     FlashT5Model,
     FlashT5PreTrainedModel,
 )
+from .models.flash_t5.checkpoint_conversion import register_legacy_checkpoint_conversion  # noqa: E402
 from .models.flash_t5.kernels import register_fat5_attention  # noqa: E402
 
 
@@ -48,6 +51,7 @@ AUTO_CLASSES = {
 AutoConfig.register(FlashT5Config.model_type, FlashT5Config, exist_ok=True)
 for _auto_class, _model_class in AUTO_CLASSES.items():
     _auto_class.register(FlashT5Config, _model_class, exist_ok=True)
+register_legacy_checkpoint_conversion()
 register_fat5_attention()
 
 __all__ = [

@@ -13,10 +13,14 @@
 # limitations under the License.
 """FAT5 (Flash Attention T5) model configuration."""
 
+import copy
+
 from huggingface_hub.dataclasses import strict
 
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.utils import auto_docstring
+
+from .checkpoint_conversion import legacy_config_to_native
 
 
 POSITION_ENCODING_TYPES = ("t5", "alibi", "rope", "fire")
@@ -121,6 +125,19 @@ class FlashT5Config(PreTrainedConfig):
         if self.scale_decoder_outputs is None:
             self.scale_decoder_outputs = self.tie_word_embeddings
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # Configs written by the reference implementation (and by T5) carry legacy keys: map them, never write them.
+        return super().from_dict(legacy_config_to_native(config_dict), **kwargs)
+
+    def get_text_config(self, decoder=None, encoder=None):
+        text_config = super().get_text_config(decoder=decoder, encoder=encoder)
+        if decoder and not encoder and text_config is self and self.num_decoder_layers != self.num_layers:
+            # Caches size themselves from the decoder's text config: give them the decoder's depth.
+            text_config = copy.deepcopy(self)
+            text_config.num_layers = self.num_decoder_layers
+        return text_config
 
     @property
     def dense_act_fn(self) -> str:

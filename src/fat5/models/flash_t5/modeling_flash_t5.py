@@ -177,7 +177,8 @@ def rotary_cos_sin(config: FlashT5Config, positions: torch.Tensor) -> tuple[torc
     """Cosines and sines of the rotary angles, (len(positions), rotary_dim // 2), in fp32."""
     rotary_dim = int(config.d_kv * config.rotary_fraction)
     inv_freq = 1.0 / (
-        config.rotary_base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=positions.device) / rotary_dim)
+        config.rotary_base
+        ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=positions.device) / rotary_dim)
     )
     angles = torch.outer(positions.float(), inv_freq)
     return angles.cos(), angles.sin()
@@ -515,7 +516,9 @@ def check_token_inputs(input_ids, attention_mask, inputs_embeds, name=""):
                 f"{tuple(attention_mask.shape)}."
             )
         if attention_mask.dtype.is_complex:
-            raise TypeError(f"`{name}attention_mask` must be boolean or integer (1 = attend), got {attention_mask.dtype}.")
+            raise TypeError(
+                f"`{name}attention_mask` must be boolean or integer (1 = attend), got {attention_mask.dtype}."
+            )
 
 
 @auto_docstring
@@ -536,6 +539,16 @@ class FlashT5PreTrainedModel(PreTrainedModel):
         "attentions": OutputRecorder(FlashT5LayerSelfAttention, index=-1),
         "cross_attentions": OutputRecorder(FlashT5LayerCrossAttention, index=-1),
     }
+
+    # The stacks embed with the model's `shared` module whatever `tie_word_embeddings` says: that flag decides only
+    # whether the LM head is tied too.
+    _shared_embedding_keys: dict[str, str] = {}
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        tied_weights_keys = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
+        if not all_submodels:
+            tied_weights_keys.update(self._shared_embedding_keys)
+        return tied_weights_keys
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -724,6 +737,11 @@ def as_encoder_output(encoder_outputs) -> BaseModelOutput:
 
 @auto_docstring
 class FlashT5Model(FlashT5PreTrainedModel):
+    _shared_embedding_keys = {
+        "encoder.embed_tokens.weight": "shared.weight",
+        "decoder.embed_tokens.weight": "shared.weight",
+    }
+    _tied_weights_keys = _shared_embedding_keys
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
 
     def __init__(self, config: FlashT5Config):
@@ -799,7 +817,11 @@ class FlashT5Model(FlashT5PreTrainedModel):
     """
 )
 class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"lm_head.weight": "shared.weight"}
+    _shared_embedding_keys = {
+        "encoder.embed_tokens.weight": "shared.weight",
+        "decoder.embed_tokens.weight": "shared.weight",
+    }
+    _tied_weights_keys = {**_shared_embedding_keys, "lm_head.weight": "shared.weight"}
 
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
@@ -918,6 +940,8 @@ class FlashT5EncoderOnlyModel(FlashT5PreTrainedModel):
     """The token embedding and the encoder, shared by the encoder-only model and heads."""
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^lm_head\."]
+    _shared_embedding_keys = {"encoder.embed_tokens.weight": "shared.weight"}
+    _tied_weights_keys = _shared_embedding_keys
 
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
