@@ -16,7 +16,8 @@
 import unittest
 
 import torch
-from transformers.testing_utils import torch_device
+from transformers.models.auto import modeling_auto
+from transformers_tests.generation.test_utils import GenerationTesterMixin
 from transformers_tests.test_configuration_common import ConfigTester
 from transformers_tests.test_modeling_common import ModelTesterMixin, ids_tensor
 
@@ -36,7 +37,7 @@ class FlashT5ModelTester:
         self,
         parent,
         batch_size=3,
-        encoder_seq_length=9,
+        encoder_seq_length=7,
         decoder_seq_length=7,
         is_training=True,
         vocab_size=99,
@@ -45,11 +46,12 @@ class FlashT5ModelTester:
         num_attention_heads=4,
         d_ff=37,
         relative_attention_num_buckets=8,
-        dropout_rate=0.1,
+        dropout_rate=0.0,
         eos_token_id=1,
         pad_token_id=0,
         decoder_start_token_id=0,
         num_labels=3,
+        initializer_factor=0.002,
         is_encoder_decoder=True,
         **config_kwargs,
     ):
@@ -71,6 +73,7 @@ class FlashT5ModelTester:
         self.pad_token_id = pad_token_id
         self.decoder_start_token_id = decoder_start_token_id
         self.num_labels = num_labels
+        self.initializer_factor = initializer_factor
         self.is_encoder_decoder = is_encoder_decoder
         self.config_kwargs = config_kwargs
 
@@ -88,6 +91,7 @@ class FlashT5ModelTester:
             pad_token_id=self.pad_token_id,
             decoder_start_token_id=self.decoder_start_token_id,
             num_labels=self.num_labels,
+            initializer_factor=self.initializer_factor,
             is_encoder_decoder=self.is_encoder_decoder,
             **self.config_kwargs,
         )
@@ -112,34 +116,35 @@ class FlashT5ModelTester:
         return config, inputs_dict
 
 
-def prepare_labels(tester, model_class):
-    """The labels each FAT5 class trains on (transformers' own label table knows only in-tree class names)."""
-    batch_size = tester.batch_size
-    if model_class is FlashT5ForConditionalGeneration:
-        return {"labels": ids_tensor([batch_size, tester.decoder_seq_length], tester.vocab_size).to(torch_device)}
-    if model_class is FlashT5ForSequenceClassification:
-        return {"labels": ids_tensor([batch_size], tester.num_labels).to(torch_device)}
-    if model_class is FlashT5ForTokenClassification:
-        return {"labels": ids_tensor([batch_size, tester.encoder_seq_length], tester.num_labels).to(torch_device)}
-    if model_class is FlashT5ForQuestionAnswering:
-        return {
-            "start_positions": ids_tensor([batch_size], tester.encoder_seq_length).to(torch_device),
-            "end_positions": ids_tensor([batch_size], tester.encoder_seq_length).to(torch_device),
-        }
-    return {}
+# The common tests decide which labels a class trains on, and which classes are bare backbones, from the auto mappings'
+# class names; give them the entries a transformers tree has once FAT5 is exported into it.
+for mapping_name, class_name in {
+    "MODEL_MAPPING_NAMES": "FlashT5Model",
+    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES": "FlashT5ForConditionalGeneration",
+    "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES": "FlashT5ForSequenceClassification",
+    "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES": "FlashT5ForQuestionAnswering",
+    "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES": "FlashT5ForTokenClassification",
+    "MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES": "FlashT5EncoderModel",
+}.items():
+    getattr(modeling_auto, mapping_name).setdefault("flash_t5", class_name)
 
 
-class FlashT5CommonTestMixin(ModelTesterMixin):
-    def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
-        inputs_dict = super()._prepare_for_class(inputs_dict, model_class, return_labels=return_labels)
-        if return_labels:
-            inputs_dict.update(prepare_labels(self.model_tester, model_class))
-        return inputs_dict
-
-
-class FlashT5ModelTest(FlashT5CommonTestMixin, unittest.TestCase):
+class FlashT5ModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
     all_model_classes = (FlashT5Model, FlashT5ForConditionalGeneration)
     is_encoder_decoder = True
+
+    @unittest.skip(
+        reason="As in T5, the heads hold `shared`/`encoder`/`decoder` themselves, not a base-model attribute."
+    )
+    def test_model_base_model_prefix(self):
+        pass
+
+    @unittest.skip(
+        reason="The renamings of reference-implementation checkpoint keys are load-only by design: saving writes "
+        "native keys (test_checkpoint_compat covers loading and re-saving)."
+    )
+    def test_reverse_loading_mapping(self):
+        pass
 
     def setUp(self):
         self.model_tester = FlashT5ModelTester(self)
@@ -149,7 +154,7 @@ class FlashT5ModelTest(FlashT5CommonTestMixin, unittest.TestCase):
         self.config_tester.run_common_tests()
 
 
-class FlashT5EncoderOnlyModelTest(FlashT5CommonTestMixin, unittest.TestCase):
+class FlashT5EncoderOnlyModelTest(ModelTesterMixin, unittest.TestCase):
     all_model_classes = (
         FlashT5EncoderModel,
         FlashT5ForSequenceClassification,
@@ -157,6 +162,40 @@ class FlashT5EncoderOnlyModelTest(FlashT5CommonTestMixin, unittest.TestCase):
         FlashT5ForQuestionAnswering,
     )
     is_encoder_decoder = False
+
+    def _run_without_bare_encoder(self, test):
+        # The bare encoder has no loss to train on; the common tests only know in-tree backbones to leave out.
+        self.all_model_classes = tuple(cls for cls in type(self).all_model_classes if cls is not FlashT5EncoderModel)
+        try:
+            test()
+        finally:
+            del self.all_model_classes
+
+    @unittest.skip(
+        reason="The renamings of reference-implementation checkpoint keys are load-only by design: saving writes "
+        "native keys (test_checkpoint_compat covers loading and re-saving)."
+    )
+    def test_reverse_loading_mapping(self):
+        pass
+
+    @unittest.skip(
+        reason="Its AutoModel leg builds the encoder-decoder FlashT5Model from this encoder-only test config; "
+        "test_sequence_classification_head_resizes_on_load covers the head."
+    )
+    def test_load_with_mismatched_shapes(self):
+        pass
+
+    def test_training(self):
+        self._run_without_bare_encoder(super().test_training)
+
+    def test_training_gradient_checkpointing(self):
+        self._run_without_bare_encoder(super().test_training_gradient_checkpointing)
+
+    def test_training_gradient_checkpointing_use_reentrant_false(self):
+        self._run_without_bare_encoder(super().test_training_gradient_checkpointing_use_reentrant_false)
+
+    def test_training_gradient_checkpointing_use_reentrant_true(self):
+        self._run_without_bare_encoder(super().test_training_gradient_checkpointing_use_reentrant_true)
 
     def setUp(self):
         self.model_tester = FlashT5ModelTester(self, is_encoder_decoder=False)

@@ -133,9 +133,9 @@ class FlashT5Config(PreTrainedConfig):
 
     def get_text_config(self, decoder=None, encoder=None):
         text_config = super().get_text_config(decoder=decoder, encoder=encoder)
-        if decoder and not encoder and text_config is self and self.num_decoder_layers != self.num_layers:
+        if decoder and not encoder and text_config.num_layers != self.num_decoder_layers:
             # Caches size themselves from the decoder's text config: give them the decoder's depth.
-            text_config = copy.deepcopy(self)
+            text_config = copy.deepcopy(text_config) if text_config is self else text_config
             text_config.num_layers = self.num_decoder_layers
         return text_config
 

@@ -38,7 +38,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, auto_docstring, logging
+from transformers.utils import ModelOutput, TransformersKwargs, auto_docstring, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
@@ -510,10 +510,17 @@ def check_token_inputs(input_ids, attention_mask, inputs_embeds, name=""):
             )
         batch_and_length = tuple(inputs_embeds.shape[:2])
     if attention_mask is not None:
-        if attention_mask.dim() != 2 or tuple(attention_mask.shape) != batch_and_length:
+        # A decoder's mask also covers the tokens already in its cache: it may be longer than the new inputs.
+        batch_size, length = batch_and_length
+        if (
+            attention_mask.dim() != 2
+            or attention_mask.shape[0] != batch_size
+            or attention_mask.shape[1] < length
+            or (attention_mask.shape[1] != length and not name)
+        ):
             raise ValueError(
-                f"`{name}attention_mask` must have shape (batch_size, sequence_length) = {batch_and_length}, got "
-                f"{tuple(attention_mask.shape)}."
+                f"`{name}attention_mask` must have shape (batch_size, sequence_length) = {batch_and_length}"
+                f"{' or cover the cached tokens too' if name else ''}, got {tuple(attention_mask.shape)}."
             )
         if attention_mask.dtype.is_complex:
             raise TypeError(
@@ -630,11 +637,11 @@ def fat5_kernels_available() -> bool:
 
 
 class FlashT5Stack(FlashT5PreTrainedModel):
-    """A stack of FAT5 blocks over the token embedding that the model owning the stack shares with its other parts."""
+    """A stack of FAT5 blocks. Its token embedding is tied to the `shared` one of the model that owns it."""
 
-    def __init__(self, config: FlashT5Config, embed_tokens: nn.Embedding):
+    def __init__(self, config: FlashT5Config):
         super().__init__(config)
-        self.embed_tokens = embed_tokens
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         self.is_decoder = config.is_decoder
         self.block = nn.ModuleList(
             [FlashT5Block(config, has_position_bias=bool(i == 0), layer_idx=i) for i in range(config.num_layers)]
@@ -725,8 +732,9 @@ def decoder_config_of(config: FlashT5Config) -> FlashT5Config:
     return decoder_config
 
 
-def as_encoder_output(encoder_outputs) -> BaseModelOutput:
-    if isinstance(encoder_outputs, BaseModelOutput):
+def as_encoder_output(encoder_outputs) -> ModelOutput:
+    """Encoder outputs given as a tuple (`return_dict=False`) become a model output again."""
+    if isinstance(encoder_outputs, ModelOutput):
         return encoder_outputs
     return BaseModelOutput(
         last_hidden_state=encoder_outputs[0],
@@ -747,8 +755,8 @@ class FlashT5Model(FlashT5PreTrainedModel):
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder = FlashT5Stack(encoder_config_of(config), self.shared)
-        self.decoder = FlashT5Stack(decoder_config_of(config), self.shared)
+        self.encoder = FlashT5Stack(encoder_config_of(config))
+        self.decoder = FlashT5Stack(decoder_config_of(config))
         self.post_init()
 
     def get_input_embeddings(self):
@@ -826,8 +834,8 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder = FlashT5Stack(encoder_config_of(config), self.shared)
-        self.decoder = FlashT5Stack(decoder_config_of(config), self.shared)
+        self.encoder = FlashT5Stack(encoder_config_of(config))
+        self.decoder = FlashT5Stack(decoder_config_of(config))
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
 
@@ -946,7 +954,7 @@ class FlashT5EncoderOnlyModel(FlashT5PreTrainedModel):
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
-        self.encoder = FlashT5Stack(encoder_config_of(config), self.shared)
+        self.encoder = FlashT5Stack(encoder_config_of(config))
 
     def get_input_embeddings(self):
         return self.shared
@@ -980,7 +988,8 @@ class FlashT5EncoderModel(FlashT5EncoderOnlyModel):
 @auto_docstring(
     custom_intro="""
     FAT5 encoder with a sequence classification or regression head on the hidden state of each sequence's last
-    end-of-sequence token. It has no decoder: half the parameters of T5's encoder-decoder head.
+    end-of-sequence token (given `inputs_embeds` only, its last token that is not padding). It has no decoder: half
+    the parameters of T5's encoder-decoder head.
     """
 )
 class FlashT5ForSequenceClassification(FlashT5EncoderOnlyModel):
@@ -1005,23 +1014,26 @@ class FlashT5ForSequenceClassification(FlashT5EncoderOnlyModel):
             config.num_labels - 1]`. If `config.num_labels == 1` a regression loss is computed (Mean-Square loss), If
             `config.num_labels > 1` a classification loss is computed (Cross-Entropy).
         """
-        if input_ids is None:
-            raise ValueError(
-                f"{self.__class__.__name__} pools the hidden state of each sequence's last end-of-sequence token and "
-                "needs `input_ids` to find it; `inputs_embeds` alone are not enough."
-            )
         outputs = self.encode(input_ids, attention_mask, inputs_embeds, **kwargs)
         sequence_output = outputs.last_hidden_state
 
-        eos_mask = input_ids.eq(self.config.eos_token_id).to(sequence_output.device)
-        if not eos_mask.any(dim=1).all():
-            raise ValueError(
-                f"Every sequence must contain the end-of-sequence token (id {self.config.eos_token_id}): its hidden "
-                "state is the sequence's representation. Tokenize with the eos appended."
-            )
-        positions = torch.arange(eos_mask.shape[1], device=eos_mask.device)
-        last_eos = (eos_mask * positions).argmax(dim=1)
-        pooled = sequence_output[torch.arange(sequence_output.shape[0], device=sequence_output.device), last_eos]
+        if input_ids is not None:
+            pooled_mask = input_ids.eq(self.config.eos_token_id).to(sequence_output.device)
+            if not pooled_mask.any(dim=1).all():
+                raise ValueError(
+                    f"Every sequence must contain the end-of-sequence token (id {self.config.eos_token_id}): its "
+                    "hidden state is the sequence's representation. Tokenize with the eos appended."
+                )
+        elif attention_mask is not None:
+            # Without token ids the eos cannot be seen: the last token that is not padding stands for it.
+            pooled_mask = attention_mask.bool().to(sequence_output.device)
+        else:
+            pooled_mask = torch.ones(sequence_output.shape[:2], dtype=torch.bool, device=sequence_output.device)
+        positions = torch.arange(pooled_mask.shape[1], device=pooled_mask.device)
+        pooled_position = (pooled_mask * positions).argmax(dim=1)
+        pooled = sequence_output[
+            torch.arange(sequence_output.shape[0], device=sequence_output.device), pooled_position
+        ]
         logits = self.classification_head(pooled)
 
         loss = None
