@@ -1,0 +1,345 @@
+"""Bad input gets a clear error naming the problem; padding, position encodings and heads behave as documented."""
+
+import math
+
+import pytest
+import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from transformers import AutoModelForSequenceClassification, T5Config, T5EncoderModel
+
+from fat5 import (
+    FlashT5Config,
+    FlashT5EncoderModel,
+    FlashT5ForConditionalGeneration,
+    FlashT5ForQuestionAnswering,
+    FlashT5ForSequenceClassification,
+    FlashT5ForTokenClassification,
+)
+
+
+VOCAB = 64
+EOS = 1
+
+
+def tiny_config(**overrides):
+    settings = {
+        "vocab_size": VOCAB,
+        "d_model": 32,
+        "d_kv": 8,
+        "d_ff": 48,
+        "num_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+        "relative_attention_max_distance": 16,
+        "dropout_rate": 0.0,
+        "num_labels": 3,
+        "attn_implementation": "sdpa",
+    }
+    settings.update(overrides)
+    return FlashT5Config(**settings)
+
+
+def token_ids(batch=2, length=9, seed=0):
+    input_ids = torch.randint(2, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+    input_ids[:, -1] = EOS
+    return input_ids
+
+
+# Errors
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("position_encoding_type", "sinusoidal"),
+        ("alibi_mode", "sideways"),
+        ("feed_forward_proj", "gated-gelu-relu"),
+        ("relative_attention_max_distance", 3),
+        ("z_loss", -1.0),
+        ("label_smoothing", 1.0),
+        ("attention_scale", 0.0),
+    ],
+)
+def test_impossible_config_names_the_field(field, value):
+    with pytest.raises(StrictDataclassClassValidationError, match=field) as error:
+        tiny_config(**{field: value})
+    assert isinstance(error.value.__cause__, ValueError)
+
+
+def test_rotary_fraction_must_select_dimensions():
+    with pytest.raises(StrictDataclassClassValidationError, match="rotary_fraction"):
+        tiny_config(position_encoding_type="rope", rotary_fraction=0.05)
+
+
+@pytest.mark.parametrize(
+    "inputs, error, message",
+    [
+        ({"input_ids": torch.rand(2, 9)}, TypeError, "integer token ids"),
+        ({"input_ids": torch.ones(2, 9, 3, dtype=torch.long)}, ValueError, r"\(batch_size, sequence_length\)"),
+        ({"input_ids": token_ids(), "attention_mask": torch.ones(2, 5)}, ValueError, "attention_mask"),
+        ({"input_ids": token_ids(), "attention_mask": torch.ones(3, 9)}, ValueError, "attention_mask"),
+        ({"inputs_embeds": torch.rand(2, 9)}, ValueError, "inputs_embeds"),
+        ({}, ValueError, "exactly one of input_ids or inputs_embeds"),
+    ],
+)
+def test_bad_encoder_inputs(inputs, error, message):
+    model = FlashT5EncoderModel(tiny_config()).eval()
+    with pytest.raises(error, match=message):
+        model(**inputs)
+
+
+def test_bad_decoder_inputs():
+    model = FlashT5ForConditionalGeneration(tiny_config()).eval()
+    with pytest.raises(TypeError, match="decoder_input_ids"):
+        model(input_ids=token_ids(), decoder_input_ids=torch.rand(2, 4))
+    with pytest.raises(ValueError, match="decoder_attention_mask"):
+        model(input_ids=token_ids(), decoder_input_ids=token_ids(length=4), decoder_attention_mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="exactly one of decoder_input_ids or decoder_inputs_embeds"):
+        model(input_ids=token_ids())
+
+
+def test_sequence_classification_needs_eos_in_every_sequence():
+    model = FlashT5ForSequenceClassification(tiny_config()).eval()
+    input_ids = token_ids()
+    input_ids[1, -1] = 5
+    with pytest.raises(ValueError, match="end-of-sequence token"):
+        model(input_ids=input_ids)
+
+
+def test_unknown_attention_implementation():
+    with pytest.raises(ValueError, match="not supported"):
+        FlashT5EncoderModel(tiny_config(attn_implementation="banana"))
+
+
+def test_flash_attention_cannot_carry_the_position_bias():
+    with pytest.raises(ValueError, match="cannot carry FAT5's position bias"):
+        FlashT5EncoderModel(tiny_config(attn_implementation="flash_attention_2"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a GPU")
+def test_fat5_attention_without_gpu_is_a_clear_error():
+    model = FlashT5EncoderModel(tiny_config(attn_implementation="fat5")).eval()
+    with pytest.raises((RuntimeError, ValueError, ImportError), match="(?i)triton|cuda|gpu"):
+        model(input_ids=token_ids())
+
+
+# Padding
+
+
+@pytest.mark.parametrize("position_encoding_type", ["t5", "alibi", "rope", "fire"])
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa", "flex_attention"])
+def test_padding_gets_no_attention(position_encoding_type, attn_implementation):
+    """Whatever the padded tokens hold, the outputs of the real tokens do not move."""
+    torch.manual_seed(0)
+    config = tiny_config(position_encoding_type=position_encoding_type, attn_implementation=attn_implementation)
+    model = FlashT5ForConditionalGeneration(config).eval().requires_grad_(False)
+    input_ids = token_ids(length=16)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, 10:] = 0
+    decoder_input_ids = token_ids(length=16, seed=1)
+    changed = input_ids.clone()
+    changed[0, 10:] = torch.randint(2, VOCAB, (6,))
+    outputs = [
+        model(input_ids=ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
+        for ids in (input_ids, changed)
+    ]
+    torch.testing.assert_close(
+        outputs[0].encoder_last_hidden_state[0, :10], outputs[1].encoder_last_hidden_state[0, :10]
+    )
+    torch.testing.assert_close(outputs[0].logits, outputs[1].logits)
+
+
+# Attention implementations against an independent reference
+
+
+def reference_encoder_layer(model, input_ids):
+    """The first encoder self-attention of a FAT5 model recomputed in float64 from its weights."""
+    config = model.config
+    attention = model.encoder.block[0].layer[0].SelfAttention
+    norm = model.encoder.block[0].layer[0].layer_norm
+    hidden = model.shared.weight.double()[input_ids]
+    normed = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight.double()
+    batch, length, _ = hidden.shape
+
+    def heads(linear):
+        return (normed @ linear.weight.double().T).view(batch, length, config.num_heads, config.d_kv).transpose(1, 2)
+
+    query, key, value = heads(attention.q), heads(attention.k), heads(attention.v)
+    distance = torch.arange(length)[None, :] - torch.arange(length)[:, None]  # key - query
+    bias = torch.zeros(config.num_heads, length, length, dtype=torch.float64)
+    if config.position_encoding_type == "alibi":
+        slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / config.num_heads) for h in range(config.num_heads)])
+        bias = -slopes.double()[:, None, None] * distance.abs()
+    if config.position_encoding_type == "rope":
+        half = int(config.d_kv * config.rotary_fraction) // 2
+        frequencies = config.rotary_base ** (-torch.arange(half, dtype=torch.float64) / half)
+        angles = torch.arange(length, dtype=torch.float64)[:, None] * frequencies
+        cos, sin = angles.cos(), angles.sin()
+
+        def rotate(states):
+            rotated = states.clone()
+            if config.rotary_interleaved:
+                even, odd = states[..., 0 : 2 * half : 2], states[..., 1 : 2 * half : 2]
+                rotated[..., 0 : 2 * half : 2] = even * cos - odd * sin
+                rotated[..., 1 : 2 * half : 2] = even * sin + odd * cos
+            else:
+                first, second = states[..., :half], states[..., half : 2 * half]
+                rotated[..., :half] = first * cos - second * sin
+                rotated[..., half : 2 * half] = first * sin + second * cos
+            return rotated
+
+        query, key = rotate(query), rotate(key)
+    scores = query @ key.transpose(-1, -2) * config.attention_scale + bias
+    output = (scores.softmax(-1) @ value).transpose(1, 2).reshape(batch, length, -1)
+    return hidden + output @ attention.o.weight.double().T
+
+
+@pytest.mark.parametrize("position_encoding_type, interleaved", [("alibi", False), ("rope", False), ("rope", True)])
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_position_encodings_match_float64_reference(position_encoding_type, interleaved, attn_implementation):
+    torch.manual_seed(0)
+    config = tiny_config(
+        position_encoding_type=position_encoding_type,
+        rotary_fraction=0.5,
+        rotary_interleaved=interleaved,
+        attention_scale=1 / math.sqrt(8),
+        attn_implementation=attn_implementation,
+    )
+    model = FlashT5EncoderModel(config).eval()
+    input_ids = token_ids(length=12)
+    captured = {}
+    model.encoder.block[0].layer[0].register_forward_hook(lambda module, args, output: captured.update(out=output[0]))
+    with torch.no_grad():
+        model(input_ids=input_ids)
+    expected = reference_encoder_layer(model, input_ids)
+    # fp32 rounding, relative to the largest activation
+    torch.testing.assert_close(captured["out"].double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa", "flex_attention"])
+def test_attention_implementations_match_upstream_t5(attn_implementation):
+    torch.manual_seed(0)
+    t5_config = T5Config(
+        vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+        relative_attention_max_distance=16, dropout_rate=0.0, feed_forward_proj="gated-gelu",
+    )  # fmt: skip
+    t5 = T5EncoderModel(t5_config).eval()
+    model = FlashT5EncoderModel(tiny_config(feed_forward_proj="gated-gelu", attn_implementation=attn_implementation))
+    model.load_state_dict(t5.state_dict())
+    model.eval().requires_grad_(False)
+    input_ids = token_ids(length=16)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :5] = 0
+    with torch.no_grad():
+        expected = t5(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        actual = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    torch.testing.assert_close(actual[attention_mask.bool()], expected[attention_mask.bool()], rtol=1e-5, atol=1e-5)
+
+
+def test_first_layer_position_bias_is_shared_by_the_stack():
+    model = FlashT5ForConditionalGeneration(tiny_config(attn_implementation="eager"))
+    tables = [name for name, _ in model.named_parameters() if "relative_attention_bias" in name]
+    assert tables == [
+        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+    ]
+    # Every layer's scores move when the shared table does.
+    model.eval()
+    input_ids = token_ids()
+    with torch.no_grad():
+        before = model(input_ids=input_ids, decoder_input_ids=input_ids, output_attentions=True)
+        model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.add_(1.0 * torch.randn(8, 4))
+        after = model(input_ids=input_ids, decoder_input_ids=input_ids, output_attentions=True)
+    for layer in range(2):
+        assert not torch.allclose(before.encoder_attentions[layer], after.encoder_attentions[layer])
+
+
+# Heads
+
+
+def test_sequence_classification_pools_the_last_eos():
+    model = FlashT5ForSequenceClassification(tiny_config()).eval()
+    input_ids = token_ids()
+    input_ids[0, 3] = EOS  # an earlier eos in the first row: the last one counts
+    with torch.no_grad():
+        hidden = model.encoder(input_ids=input_ids).last_hidden_state
+        logits = model(input_ids=input_ids).logits
+        expected = model.classification_head(hidden[:, -1])
+    torch.testing.assert_close(logits, expected)
+
+
+@pytest.mark.parametrize(
+    "num_labels, labels, problem_type",
+    [
+        (1, torch.tensor([0.5, -1.0]), "regression"),
+        (3, torch.tensor([2, 0]), "single_label_classification"),
+        (3, torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]), "multi_label_classification"),
+    ],
+)
+def test_sequence_classification_losses(num_labels, labels, problem_type):
+    model = FlashT5ForSequenceClassification(tiny_config(num_labels=num_labels)).eval()
+    output = model(input_ids=token_ids(), labels=labels)
+    assert model.config.problem_type == problem_type
+    logits = output.logits
+    if problem_type == "regression":
+        expected = torch.nn.functional.mse_loss(logits.squeeze(-1), labels)
+    elif problem_type == "single_label_classification":
+        expected = torch.nn.functional.cross_entropy(logits, labels)
+    else:
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    torch.testing.assert_close(output.loss, expected)
+
+
+def test_sequence_classification_head_resizes_on_load(tmp_path):
+    FlashT5ForSequenceClassification(tiny_config(num_labels=3)).save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=5)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
+    assert model.classification_head.out_proj.out_features == 5
+
+
+def test_lm_loss_with_z_loss_and_label_smoothing_matches_float64():
+    torch.manual_seed(0)
+    model = FlashT5ForConditionalGeneration(tiny_config(z_loss=1e-3, label_smoothing=0.1)).eval()
+    input_ids = token_ids()
+    labels = token_ids(length=5, seed=3)
+    labels[0, 3:] = -100
+    output = model(input_ids=input_ids, labels=labels)
+    logits = output.logits.double().view(-1, VOCAB)
+    flat = labels.view(-1)
+    kept = flat != -100
+    log_probs = logits[kept].log_softmax(-1)
+    nll = -log_probs.gather(1, flat[kept, None]).squeeze(1)
+    smoothed = 0.9 * nll - 0.1 * log_probs.mean(-1)
+    expected = smoothed.mean() + 1e-3 * torch.logsumexp(logits[kept], -1).square().mean()
+    torch.testing.assert_close(output.loss.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_token_classification_and_question_answering_losses():
+    input_ids = token_ids()
+    token_model = FlashT5ForTokenClassification(tiny_config()).eval()
+    labels = torch.randint(0, 3, (2, 9))
+    labels[0, :2] = -100
+    output = token_model(input_ids=input_ids, labels=labels)
+    expected = torch.nn.functional.cross_entropy(output.logits.view(-1, 3), labels.view(-1), ignore_index=-100)
+    torch.testing.assert_close(output.loss, expected)
+
+    qa_model = FlashT5ForQuestionAnswering(tiny_config()).eval()
+    start, end = torch.tensor([1, 3]), torch.tensor([2, 50])  # an end beyond the sequence is ignored
+    output = qa_model(input_ids=input_ids, start_positions=start, end_positions=end)
+    start_loss = torch.nn.functional.cross_entropy(output.start_logits, start)
+    end_loss = torch.nn.functional.cross_entropy(output.end_logits[:1], end[:1])
+    torch.testing.assert_close(output.loss, (start_loss + end_loss) / 2)
+
+
+def test_encoder_heads_take_a_seq2seq_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    seq2seq = FlashT5ForConditionalGeneration(tiny_config()).eval()
+    seq2seq.save_pretrained(tmp_path)
+    qa, loading_info = FlashT5ForQuestionAnswering.from_pretrained(tmp_path, output_loading_info=True)
+    assert set(loading_info["missing_keys"]) == {"qa_outputs.weight", "qa_outputs.bias"}
+    input_ids = token_ids()
+    with torch.no_grad():
+        expected = seq2seq.get_encoder()(input_ids=input_ids).last_hidden_state
+        actual = qa.eval().encoder(input_ids=input_ids).last_hidden_state
+    torch.testing.assert_close(actual, expected)
