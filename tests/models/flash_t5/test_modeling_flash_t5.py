@@ -148,7 +148,7 @@ class FlashT5ModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCas
 
     def setUp(self):
         self.model_tester = FlashT5ModelTester(self)
-        self.config_tester = ConfigTester(self, config_class=FlashT5Config, d_model=37)
+        self.config_tester = ConfigTester(self, config_class=FlashT5Config, hidden_size=37)
 
     def test_config(self):
         self.config_tester.run_common_tests()
@@ -199,7 +199,7 @@ class FlashT5EncoderOnlyModelTest(ModelTesterMixin, unittest.TestCase):
 
     def setUp(self):
         self.model_tester = FlashT5ModelTester(self, is_encoder_decoder=False)
-        self.config_tester = ConfigTester(self, config_class=FlashT5Config, d_model=37)
+        self.config_tester = ConfigTester(self, config_class=FlashT5Config, hidden_size=37)
 
     def test_config(self):
         self.config_tester.run_common_tests()

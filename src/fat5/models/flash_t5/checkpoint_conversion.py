@@ -186,7 +186,8 @@ def legacy_weight_renamings() -> list[WeightRenaming]:
             r"self_attention_layer\.self_attention\.pe_encoding\.L_multiplier$",
             "layer.0.SelfAttention.fire.threshold_multiplier",
         ),
-        (r"self_attention_layer\.self_attention\.pe_encoding\.mlp\.", "layer.0.SelfAttention.fire.mlp."),
+        (r"self_attention_layer\.self_attention\.pe_encoding\.mlp\.0\.", "layer.0.SelfAttention.fire.mlp_in."),
+        (r"self_attention_layer\.self_attention\.pe_encoding\.mlp\.2\.", "layer.0.SelfAttention.fire.mlp_out."),
         # attention layers
         (r"self_attention_layer\.self_attention\.", "layer.0.SelfAttention."),
         (r"self_attention_layer\.layer_norm\.", "layer.0.layer_norm."),

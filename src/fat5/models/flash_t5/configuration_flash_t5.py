@@ -16,7 +16,6 @@
 import copy
 
 from huggingface_hub.dataclasses import strict
-
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.utils import auto_docstring
 
@@ -80,17 +79,19 @@ class FlashT5Config(PreTrainedConfig):
 
     model_type = "flash_t5"
     keys_to_ignore_at_inference = ["cache"]
+    # T5's names, read and written by T5 checkpoints and code, for transformers' canonical ones.
     attribute_map = {
-        "hidden_size": "d_model",
+        "d_model": "hidden_size",
+        "d_ff": "intermediate_size",
         "num_attention_heads": "num_heads",
         "num_hidden_layers": "num_layers",
         "head_dim": "d_kv",
     }
 
     vocab_size: int = 32128
-    d_model: int = 512
+    hidden_size: int = 512
     d_kv: int = 64
-    d_ff: int = 2048
+    intermediate_size: int = 2048
     num_layers: int = 6
     num_decoder_layers: int | None = None
     num_heads: int = 8

@@ -14,13 +14,13 @@
 """PyTorch FAT5 (Flash Attention T5) model: T5 with alternative position encodings and kernel-friendly attention."""
 
 import copy
+import importlib.util
 import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
-
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
@@ -70,8 +70,8 @@ class FlashT5LayerNorm(nn.Module):
 class FlashT5DenseActDense(nn.Module):
     def __init__(self, config: FlashT5Config):
         super().__init__()
-        self.wi = nn.Linear(config.d_model, config.d_ff, bias=False)
-        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.wi = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.dropout = nn.Dropout(config.dropout_rate)
         self.act = ACT2FN[config.dense_act_fn]
 
@@ -83,9 +83,9 @@ class FlashT5DenseActDense(nn.Module):
 class FlashT5DenseGatedActDense(nn.Module):
     def __init__(self, config: FlashT5Config):
         super().__init__()
-        self.wi_0 = nn.Linear(config.d_model, config.d_ff, bias=False)
-        self.wi_1 = nn.Linear(config.d_model, config.d_ff, bias=False)
-        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.wi_0 = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.wi_1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.dropout = nn.Dropout(config.dropout_rate)
         self.act = ACT2FN[config.dense_act_fn]
 
@@ -98,11 +98,12 @@ class FlashT5DenseGatedActDense(nn.Module):
 class FlashT5LayerFF(nn.Module):
     def __init__(self, config: FlashT5Config):
         super().__init__()
+        # CODEPATH: gated for T5 v1.1, FLAN-T5, mT5 and FAT5 checkpoints; plain for T5 v1.0.
         if config.is_gated_act:
             self.DenseReluDense = FlashT5DenseGatedActDense(config)
         else:
             self.DenseReluDense = FlashT5DenseActDense(config)
-        self.layer_norm = FlashT5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.layer_norm = FlashT5LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
 
     def forward(self, hidden_states):
@@ -154,11 +155,10 @@ class FlashT5FIRE(nn.Module):
 
     def __init__(self, config: FlashT5Config):
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(1, config.fire_hidden_size), nn.ReLU(), nn.Linear(config.fire_hidden_size, config.num_heads)
-        )
+        self.mlp_in = nn.Linear(1, config.fire_hidden_size)
+        self.mlp_out = nn.Linear(config.fire_hidden_size, config.num_heads)
         self.distance_scale = nn.Parameter(torch.tensor(0.1))
-        self.register_buffer("threshold", torch.tensor(float(config.relative_attention_max_distance)))
+        self.threshold = nn.Buffer(torch.tensor(float(config.relative_attention_max_distance)))
         self.threshold_multiplier = nn.Parameter(torch.tensor(1.0))
         self.eps = 1e-6
 
@@ -169,7 +169,8 @@ class FlashT5FIRE(nn.Module):
         distance = torch.sign(distance) * torch.log(torch.abs(self.distance_scale * distance) + 1)
         normalizer = torch.max(query_position, torch.abs(self.threshold_multiplier * self.threshold))
         normalizer = torch.log(torch.abs(self.distance_scale * normalizer) + 1)[:, None] + self.eps
-        bias = self.mlp((distance / normalizer).unsqueeze(-1).to(self.mlp[0].weight.dtype))
+        normalized_distance = (distance / normalizer).unsqueeze(-1).to(self.mlp_in.weight.dtype)
+        bias = self.mlp_out(nn.functional.relu(self.mlp_in(normalized_distance)))
         return bias.permute(2, 0, 1).unsqueeze(0)
 
 
@@ -248,10 +249,10 @@ class FlashT5Attention(nn.Module):
         self.position_encoding_type = None if is_cross_attention else config.position_encoding_type
         self.has_position_bias = has_position_bias and self.position_encoding_type in ("t5", "alibi", "fire")
 
-        self.q = nn.Linear(config.d_model, self.inner_dim, bias=False)
-        self.k = nn.Linear(config.d_model, self.inner_dim, bias=False)
-        self.v = nn.Linear(config.d_model, self.inner_dim, bias=False)
-        self.o = nn.Linear(self.inner_dim, config.d_model, bias=False)
+        self.q = nn.Linear(config.hidden_size, self.inner_dim, bias=False)
+        self.k = nn.Linear(config.hidden_size, self.inner_dim, bias=False)
+        self.v = nn.Linear(config.hidden_size, self.inner_dim, bias=False)
+        self.o = nn.Linear(self.inner_dim, config.hidden_size, bias=False)
 
         if self.has_position_bias and self.position_encoding_type == "t5":
             self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, self.n_heads)
@@ -278,11 +279,14 @@ class FlashT5Attention(nn.Module):
         if self.position_encoding_type == "fire":
             return self.fire(query_length, key_length, past_seen_tokens, device=device)
         slopes = torch.tensor(alibi_slopes(self.n_heads), dtype=torch.float32, device=device)
+        # CODEPATH: symmetric for FAT5 ALiBi checkpoints trained with `alibi_mode="symetric"`; asymmetric for
+        # `alibi_mode="asymetric"` ones (the reference's spelling).
         if self.config.alibi_mode == "symmetric" and in_kernel:
             return slopes
         query_position = torch.arange(query_length, dtype=torch.long, device=device)[:, None] + past_seen_tokens
         key_position = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
         distance = key_position - query_position
+        # CODEPATH: symmetric ALiBi checkpoints, and every decoder (causal masking leaves one side only).
         if self.config.alibi_mode == "symmetric" or self.is_causal:
             return (-slopes[:, None, None] * distance.abs()).unsqueeze(0)
         # Asymmetric: the first half of the heads looks only backwards, the second half only forwards, each half with
@@ -382,7 +386,7 @@ class FlashT5LayerSelfAttention(nn.Module):
         self.SelfAttention = FlashT5Attention(
             config, has_position_bias=has_position_bias, layer_idx=layer_idx, is_causal=config.is_decoder
         )
-        self.layer_norm = FlashT5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.layer_norm = FlashT5LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -410,7 +414,7 @@ class FlashT5LayerCrossAttention(nn.Module):
     def __init__(self, config, layer_idx: int | None = None):
         super().__init__()
         self.EncDecAttention = FlashT5Attention(config, layer_idx=layer_idx, is_cross_attention=True)
-        self.layer_norm = FlashT5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.layer_norm = FlashT5LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -479,9 +483,9 @@ class FlashT5ClassificationHead(nn.Module):
 
     def __init__(self, config: FlashT5Config):
         super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(p=config.classifier_dropout)
-        self.out_proj = nn.Linear(config.d_model, config.num_labels)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = self.dropout(hidden_states)
@@ -561,7 +565,7 @@ class FlashT5PreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         factor = self.config.initializer_factor
-        d_model, d_ff = self.config.d_model, self.config.d_ff
+        d_model, d_ff = self.config.hidden_size, self.config.intermediate_size
         if isinstance(module, FlashT5LayerNorm):
             init.constant_(module.weight, factor * 1.0)
         elif hasattr(module, "shared"):
@@ -627,13 +631,11 @@ class FlashT5PreTrainedModel(PreTrainedModel):
 
 def fat5_kernels_available() -> bool:
     """Whether the `fat5` Triton attention can run here (a CUDA GPU and Triton)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return "fat5" in ALL_ATTENTION_FUNCTIONS.valid_keys()
+    return (
+        torch.cuda.is_available()
+        and importlib.util.find_spec("triton") is not None
+        and "fat5" in ALL_ATTENTION_FUNCTIONS.valid_keys()
+    )
 
 
 class FlashT5Stack(FlashT5PreTrainedModel):
@@ -641,12 +643,12 @@ class FlashT5Stack(FlashT5PreTrainedModel):
 
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.is_decoder = config.is_decoder
         self.block = nn.ModuleList(
             [FlashT5Block(config, has_position_bias=bool(i == 0), layer_idx=i) for i in range(config.num_layers)]
         )
-        self.final_layer_norm = FlashT5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.final_layer_norm = FlashT5LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
         self.post_init()
 
@@ -655,6 +657,7 @@ class FlashT5Stack(FlashT5PreTrainedModel):
 
     @merge_with_config_defaults
     @capture_outputs
+    @auto_docstring
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -694,6 +697,7 @@ class FlashT5Stack(FlashT5PreTrainedModel):
             )
 
         position_embeddings = None
+        # CODEPATH: FAT5 checkpoints with `position_encoding_type="RoPE"`; T5, ALiBi and FIRE ones add a bias instead.
         if self.config.position_encoding_type == "rope":
             positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_embeddings = rotary_cos_sin(self.config, positions)
@@ -754,7 +758,7 @@ class FlashT5Model(FlashT5PreTrainedModel):
 
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
-        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.shared = nn.Embedding(config.vocab_size, config.hidden_size)
         self.encoder = FlashT5Stack(encoder_config_of(config))
         self.decoder = FlashT5Stack(decoder_config_of(config))
         self.post_init()
@@ -833,10 +837,10 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
-        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.shared = nn.Embedding(config.vocab_size, config.hidden_size)
         self.encoder = FlashT5Stack(encoder_config_of(config))
         self.decoder = FlashT5Stack(decoder_config_of(config))
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -854,6 +858,7 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         loss = nn.functional.cross_entropy(
             logits, labels, ignore_index=-100, label_smoothing=self.config.label_smoothing
         )
+        # CODEPATH: FAT5 pretraining configs set a z-loss (1e-4); T5-converted checkpoints do not.
         if self.config.z_loss:
             labelled = (labels != -100).float()
             log_z = torch.logsumexp(logits, dim=-1)
@@ -922,9 +927,10 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         )
 
         sequence_output = decoder_outputs.last_hidden_state
+        # CODEPATH: T5 v1.0 checkpoints share the input embedding with the output projection and rescale before it;
+        # T5 v1.1, FLAN-T5, mT5 and FAT5 ones have their own head.
         if self.config.scale_decoder_outputs:
-            # T5 v1.0 shares the input embedding with the output projection and rescales before it.
-            sequence_output = sequence_output * (self.config.d_model**-0.5)
+            sequence_output = sequence_output * (self.config.hidden_size**-0.5)
         lm_logits = self.lm_head(sequence_output)
 
         loss = self.lm_loss(lm_logits, labels) if labels is not None else None
@@ -944,17 +950,17 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         return self._shift_right(labels)
 
 
-class FlashT5EncoderOnlyModel(FlashT5PreTrainedModel):
-    """The token embedding and the encoder, shared by the encoder-only model and heads."""
-
+@auto_docstring
+class FlashT5EncoderModel(FlashT5PreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^lm_head\."]
     _shared_embedding_keys = {"encoder.embed_tokens.weight": "shared.weight"}
     _tied_weights_keys = _shared_embedding_keys
 
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
-        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.shared = nn.Embedding(config.vocab_size, config.hidden_size)
         self.encoder = FlashT5Stack(encoder_config_of(config))
+        self.post_init()
 
     def get_input_embeddings(self):
         return self.shared
@@ -964,14 +970,8 @@ class FlashT5EncoderOnlyModel(FlashT5PreTrainedModel):
         self.encoder.set_input_embeddings(new_embeddings)
 
     def encode(self, input_ids, attention_mask, inputs_embeds, **kwargs) -> BaseModelOutput:
+        """The encoder's outputs, shared by the encoder-only heads."""
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
-
-
-@auto_docstring
-class FlashT5EncoderModel(FlashT5EncoderOnlyModel):
-    def __init__(self, config: FlashT5Config):
-        super().__init__(config)
-        self.post_init()
 
     @can_return_tuple
     @auto_docstring(checkpoint="CATIE-AQ/FAT5-small")
@@ -992,7 +992,7 @@ class FlashT5EncoderModel(FlashT5EncoderOnlyModel):
     the parameters of T5's encoder-decoder head.
     """
 )
-class FlashT5ForSequenceClassification(FlashT5EncoderOnlyModel):
+class FlashT5ForSequenceClassification(FlashT5EncoderModel):
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
         self.classification_head = FlashT5ClassificationHead(config)
@@ -1064,11 +1064,11 @@ class FlashT5ForSequenceClassification(FlashT5EncoderOnlyModel):
     recognition.
     """
 )
-class FlashT5ForTokenClassification(FlashT5EncoderOnlyModel):
+class FlashT5ForTokenClassification(FlashT5EncoderModel):
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     @can_return_tuple
@@ -1102,10 +1102,10 @@ class FlashT5ForTokenClassification(FlashT5EncoderOnlyModel):
     states computing span start and end logits).
     """
 )
-class FlashT5ForQuestionAnswering(FlashT5EncoderOnlyModel):
+class FlashT5ForQuestionAnswering(FlashT5EncoderModel):
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
-        self.qa_outputs = nn.Linear(config.d_model, 2)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self.post_init()
 
     @can_return_tuple
