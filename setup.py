@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "transformers>=5.17,<6", "safetensors", "accelerate>=1.0"],
     extras_require={
-        "triton": ["triton>=3.2"],
+        "triton": ["triton>=3.3,<3.7"],
         "flash-attn": ["flash-attn>=2.6"],
         "testing": ["pytest", "pytest-xdist", "parameterized", "ruff==0.14.10", "transformers-mlinter"],
     },
