@@ -949,6 +949,13 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor):
         return self._shift_right(labels)
 
+    def adjust_generation_fn(self, *args, **kwargs):
+        super().adjust_generation_fn(*args, **kwargs)
+        # Checkpoints of the reference implementation ship a generation config whose pad token is the loss's ignore
+        # index (-100): generation (and saving, on some transformers versions) needs the real one.
+        if self.generation_config.pad_token_id == -100:
+            self.generation_config.pad_token_id = self.config.pad_token_id
+
 
 @auto_docstring
 class FlashT5EncoderModel(FlashT5PreTrainedModel):
