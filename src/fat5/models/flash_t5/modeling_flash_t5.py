@@ -670,6 +670,11 @@ class FlashT5Stack(FlashT5PreTrainedModel):
         use_cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ):
+        r"""
+        cache (`EncoderDecoderCache`, *optional*):
+            The decoder's self- and cross-attention keys and values of the tokens decoded so far, returned when
+            `use_cache=True`: pass it back to run the decoder on the new tokens only.
+        """
         check_token_inputs(input_ids, attention_mask, inputs_embeds, name="decoder_" if self.is_decoder else "")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
@@ -793,6 +798,9 @@ class FlashT5Model(FlashT5PreTrainedModel):
             `config.decoder_start_token_id`; with a `cache`, only the tokens not yet in it need to be given.
         decoder_attention_mask (`torch.Tensor` of shape `(batch_size, target_sequence_length)`, *optional*):
             Mask of the decoder inputs that are padding, on top of the causal mask.
+        cache (`EncoderDecoderCache`, *optional*):
+            The decoder's self- and cross-attention keys and values of the tokens decoded so far, returned when
+            `use_cache=True`: pass it back to run the decoder on the new tokens only.
         """
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
@@ -891,6 +899,9 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         labels (`torch.LongTensor` of shape `(batch_size, target_sequence_length)`, *optional*):
             Target token ids for the language-modeling loss; -100 marks tokens the loss ignores. The loss adds
             `config.z_loss` and `config.label_smoothing`.
+        cache (`EncoderDecoderCache`, *optional*):
+            The decoder's self- and cross-attention keys and values of the tokens decoded so far, returned when
+            `use_cache=True`: pass it back to run the decoder on the new tokens only.
 
         Example:
 
