@@ -1,0 +1,68 @@
+# Copyright 2026 The FAT5 Authors. Licensed under the Apache License, Version 2.0.
+"""FAT5's Triton kernels, plugged into transformers through its extension points.
+
+`register_fat5_attention()` adds the `fat5` attention implementation (AttentionInterface) and its mask function
+(AttentionMaskInterface, which hands the kernel the 2D key-padding mask rather than an N x N one). Importing this
+package never imports Triton: the kernel modules are imported on first use, so the model runs on machines without
+Triton or a GPU.
+"""
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from .utils import is_triton_available, kernels_can_run
+
+
+ATTENTION_NAME = "fat5"
+
+
+def fat5_attention_forward(module, query, key, value, attention_mask, **kwargs):
+    """transformers attention function of the `fat5` implementation (see `attention.fat5_attention`)."""
+    if not is_triton_available():
+        raise ImportError(
+            "attn_implementation='fat5' needs Triton (`pip install triton`); use 'sdpa' on machines without it."
+        )
+    if not kernels_can_run(query.device):
+        raise RuntimeError(
+            f"attn_implementation='fat5' runs Triton kernels on a CUDA GPU, but the inputs are on {query.device}; "
+            "use 'sdpa' (or set TRITON_INTERPRET=1 to run the kernels slowly through Triton's CPU interpreter)."
+        )
+    from .attention import fat5_attention
+
+    return fat5_attention(module, query, key, value, attention_mask, **kwargs)
+
+
+# The model hands such functions the parameters of the position bias (the T5 table, ALiBi slopes) instead of a dense
+# (query x key) tensor.
+fat5_attention_forward.computes_position_bias = True
+
+
+def fat5_attention_mask(
+    batch_size: int, q_length: int, kv_length: int, attention_mask: torch.Tensor | None = None, **kwargs
+) -> torch.Tensor | None:
+    """The key-padding mask as a (batch, kv_length) boolean tensor, or None when nothing is padded.
+
+    Causality is not in it: the kernel gets `is_causal` and the query offset and masks in place.
+    """
+    if attention_mask is None:
+        return None
+    attention_mask = attention_mask[:, -kv_length:].to(torch.bool)
+    if attention_mask.shape[1] == kv_length and bool(attention_mask.all()):
+        return None
+    return attention_mask
+
+
+def register_fat5_attention():
+    AttentionInterface.register(ATTENTION_NAME, fat5_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, fat5_attention_mask)
+
+
+__all__ = [
+    "ATTENTION_NAME",
+    "fat5_attention_forward",
+    "fat5_attention_mask",
+    "is_triton_available",
+    "kernels_can_run",
+    "register_fat5_attention",
+]

@@ -1,0 +1,44 @@
+# Copyright 2026 The FAT5 Authors. Licensed under the Apache License, Version 2.0.
+"""What every FAT5 Triton kernel module needs: where kernels can run, and a fix for Triton's CPU interpreter.
+
+Importing this module never imports Triton.
+"""
+
+import importlib.util
+import os
+
+import torch
+
+
+def is_triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels through its CPU interpreter (`TRITON_INTERPRET=1`), as the CPU tests do."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def kernels_can_run(device: torch.device) -> bool:
+    """Whether a Triton kernel can run on tensors of `device`: CUDA with Triton, or any device under the interpreter."""
+    return is_triton_available() and (device.type == "cuda" or interpreting())
+
+
+def fix_interpreter_loop_bounds():
+    """Triton's CPU interpreter (3.x) turns a loop bound into a Python int with `int(array of shape (1,))`, which
+    numpy >= 2.4 refuses: every `range(runtime_int)` in a kernel fails under `TRITON_INTERPRET=1`. Make it read
+    the single element instead. Only touches the interpreter, and only when it is in use."""
+    if not interpreting():
+        return
+    from triton.runtime import interpreter
+
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "_fat5_fixed", False):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patch_lang_tensor._fat5_fixed = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
