@@ -281,18 +281,19 @@ class FlashT5Attention(nn.Module):
         slopes = torch.tensor(alibi_slopes(self.n_heads), dtype=torch.float32, device=device)
         # CODEPATH: symmetric for FAT5 ALiBi checkpoints trained with `alibi_mode="symetric"`; asymmetric for
         # `alibi_mode="asymetric"` ones (the reference's spelling).
-        if self.config.alibi_mode == "symmetric" and in_kernel:
-            return slopes
+        asymmetric = self.config.alibi_mode == "asymmetric" and not self.is_causal
+        half_slopes = torch.tensor(alibi_slopes(self.n_heads // 2), dtype=torch.float32, device=device).repeat(2)
+        if in_kernel:
+            return half_slopes if asymmetric else slopes
         query_position = torch.arange(query_length, dtype=torch.long, device=device)[:, None] + past_seen_tokens
         key_position = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
         distance = key_position - query_position
         # CODEPATH: symmetric ALiBi checkpoints, and every decoder (causal masking leaves one side only).
-        if self.config.alibi_mode == "symmetric" or self.is_causal:
+        if not asymmetric:
             return (-slopes[:, None, None] * distance.abs()).unsqueeze(0)
         # Asymmetric: the first half of the heads looks only backwards, the second half only forwards, each half with
         # the slopes of a model of half as many heads.
         half = self.n_heads // 2
-        half_slopes = torch.tensor(alibi_slopes(half), dtype=torch.float32, device=device).repeat(2)
         blocked = torch.cat([(distance > 0).expand(half, -1, -1), (distance < 0).expand(half, -1, -1)])
         bias = -half_slopes[:, None, None] * distance.abs()
         return bias.masked_fill(blocked, float("-inf")).unsqueeze(0)
@@ -357,7 +358,11 @@ class FlashT5Attention(nn.Module):
                 "query_offset": past_seen_tokens,
             }
         elif position_bias is not None and position_bias.dim() == 1:
-            bias_kwargs = {"alibi_slopes": position_bias, "query_offset": past_seen_tokens}
+            bias_kwargs = {
+                "alibi_slopes": position_bias,
+                "alibi_asymmetric": self.config.alibi_mode == "asymmetric" and not self.is_causal,
+                "query_offset": past_seen_tokens,
+            }
         elif position_bias is not None:
             # A view over the batch: flex attention indexes the bias by batch.
             dense_bias = position_bias.to(query_states.dtype).expand(query_states.shape[0], -1, -1, -1)
