@@ -126,7 +126,7 @@ def main():
                 lambda: time_training(build_models()[0], length, args.steps, args.warmup, compile_model=True),
             )
         row["fat5"] = measure("FAT5", lambda: time_training(fat5_model, length, args.steps, args.warmup))
-        del t5, fat5_model
+        t5 = fat5_model = None
         release()
         results["training"][length] = row
 
@@ -136,7 +136,7 @@ def main():
             "t5_sdpa": measure(f"generate batch {batch} upstream", lambda: time_generate(t5, batch)),
             "fat5": measure(f"generate batch {batch} FAT5", lambda: time_generate(fat5_model, batch)),
         }
-        del t5, fat5_model
+        t5 = fat5_model = None
         release()
 
     with open(args.out, "w") as handle:
@@ -144,6 +144,7 @@ def main():
     print("\n| L | T5 sdpa tok/s | T5 compiled tok/s | FAT5 tok/s | FAT5 / T5 | FAT5 / compiled | peak GB T5 / FAT5 |")
     print("|---|---|---|---|---|---|---|")
     for length, row in results["training"].items():
+
         def value(key, field="tokens_per_s"):
             entry = row.get(key, {})
             return entry.get(field) if entry and not entry.get("oom") else None

@@ -1,0 +1,682 @@
+"""Finetune a FAT5 checkpoint with transformers' `Trainer`: extractive QA, sequence or token classification, seq2seq.
+
+The flow, for every head: load the datasets (JSON lines) and check them, load the head from a FAT5 checkpoint (a
+seq2seq checkpoint gives its encoder to the encoder-only heads, which start with a fresh head), evaluate it, train it,
+evaluate it again, `save_pretrained` the model and its tokenizer, reload that folder in a fresh Python process
+through the head's Auto class and check that its predictions are the same. Outputs are written to a temporary folder
+next to `--output-dir` and moved into place at the very end: a failed run leaves nothing behind.
+
+    python examples/finetune.py --head qa --model CHECKPOINT --output-dir runs/qa
+    python examples/finetune.py --head seq-cls --model CHECKPOINT --train-file examples/data/topics_train.jsonl \\
+        --eval-file examples/data/topics_eval.jsonl --output-dir runs/topics
+
+Datasets (JSON lines, one example a line):
+    qa         context, question, answers = {"text": [...], "answer_start": [...]}   (SQuAD)
+    seq-cls    text, label                                                             (label: a string or an int)
+    token-cls  tokens (list of words), tags (list of labels, one per word)
+    seq2seq    source, target   -- or the QA columns: "question: ... context: ..." -> the first answer
+
+The output folder holds `model/` (config.json, model.safetensors, generation_config.json for seq2seq, the tokenizer:
+everything `from_pretrained` and `push_to_hub` need, nothing else) and `results.json` (metrics before and after).
+
+Several GPUs (or machines): the same script under `accelerate launch`, e.g.
+
+    accelerate launch --multi_gpu --num_processes 8 examples/finetune.py --head qa --model CHECKPOINT \\
+        --output-dir runs/qa --batch-size 32 --bf16
+
+(the batch size is per device). On a GPU the model uses FAT5's Triton attention ("fat5") by default.
+"""
+
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    Trainer,
+    TrainingArguments,
+)
+
+import fat5  # noqa: F401  (registers flash_t5 with the Auto classes)
+
+
+EXAMPLES_DIR = Path(__file__).resolve().parent
+DATA_DIR = EXAMPLES_DIR / "data"
+AUTO_CLASSES = {
+    "qa": AutoModelForQuestionAnswering,
+    "seq-cls": AutoModelForSequenceClassification,
+    "token-cls": AutoModelForTokenClassification,
+    "seq2seq": AutoModelForSeq2SeqLM,
+}
+DEFAULT_FILES = {
+    "qa": ("qa_train.jsonl", "qa_eval.jsonl"),
+    "seq-cls": ("topics_train.jsonl", "topics_eval.jsonl"),
+    "token-cls": ("entities_train.jsonl", "entities_eval.jsonl"),
+    "seq2seq": ("qa_train.jsonl", "qa_eval.jsonl"),
+}
+MAIN_METRIC = {"qa": "f1", "seq-cls": "accuracy", "token-cls": "f1", "seq2seq": "f1"}
+
+
+class UsageError(Exception):
+    """A problem with the user's input: reported as one clear message and a non-zero exit."""
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+
+
+def load_jsonl(path, head: str, limit: int | None = None) -> list[dict]:
+    """Reads and checks a dataset for `head`; every problem names the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"dataset {path} does not exist")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path}:{number}: not a JSON object ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UsageError(f"{path}:{number}: not a JSON object")
+            rows.append(check_example(row, head, f"{path}:{number}"))
+            if limit is not None and len(rows) >= limit:
+                break
+    if not rows:
+        raise UsageError(f"dataset {path} is empty: it has no examples")
+    return rows
+
+
+def _require(row, where, **types):
+    missing = [name for name in types if name not in row]
+    if missing:
+        raise UsageError(
+            f"{where}: missing column(s) {missing}; this head needs {sorted(types)} (found {sorted(row)})"
+        )
+    for name, kind in types.items():
+        if not isinstance(row[name], kind):
+            raise UsageError(f"{where}: column {name!r} should be {kind}, not {type(row[name]).__name__}")
+
+
+def check_example(row: dict, head: str, where: str) -> dict:
+    if head == "qa" or (head == "seq2seq" and "source" not in row):
+        _require(row, where, context=str, question=str, answers=dict)
+        answers = row["answers"]
+        _require(answers, f"{where} (answers)", text=list, answer_start=list)
+        if not answers["text"] or len(answers["text"]) != len(answers["answer_start"]):
+            raise UsageError(f"{where}: `answers` needs as many `text` as `answer_start` entries, and at least one")
+        for text, start in zip(answers["text"], answers["answer_start"]):
+            if not isinstance(start, int) or not text or row["context"][start : start + len(text)] != text:
+                raise UsageError(
+                    f"{where}: the answer {text!r} does not lie in its context at answer_start={start!r} "
+                    f"(the context there reads {row['context'][start : start + len(text)]!r})"
+                )
+        if head == "seq2seq":
+            row = {"source": f"question: {row['question']} context: {row['context']}", "target": answers["text"][0]}
+    elif head == "seq2seq":
+        _require(row, where, source=str, target=str)
+    elif head == "seq-cls":
+        _require(row, where, text=str, label=(str, int))
+    elif head == "token-cls":
+        _require(row, where, tokens=list, tags=list)
+        if len(row["tokens"]) != len(row["tags"]) or not row["tokens"]:
+            raise UsageError(f"{where}: `tokens` and `tags` must be non-empty lists of the same length")
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------- features
+
+
+def qa_features(tokenizer, rows, max_length):
+    """Question then context; span labels are token positions (`max_length` = ignored when truncated away)."""
+    enc = tokenizer(
+        [r["question"] for r in rows],
+        [r["context"] for r in rows],
+        truncation="only_second",
+        max_length=max_length,
+        return_offsets_mapping=True,
+    )
+    features, extras = [], []
+    for i, row in enumerate(rows):
+        sequence_ids = enc.sequence_ids(i)
+        offsets = [o if s == 1 else None for o, s in zip(enc["offset_mapping"][i], sequence_ids)]
+        answer_start = row["answers"]["answer_start"][0]
+        answer_end = answer_start + len(row["answers"]["text"][0])
+        start = next((t for t, o in enumerate(offsets) if o and o[0] <= answer_start < o[1]), None)
+        end = next((t for t, o in enumerate(offsets) if o and o[0] < answer_end <= o[1]), None)
+        if start is None or end is None:
+            start = end = max_length
+        features.append(
+            {
+                "input_ids": enc["input_ids"][i],
+                "attention_mask": enc["attention_mask"][i],
+                "start_positions": start,
+                "end_positions": end,
+            }
+        )
+        extras.append({"offsets": offsets, "context": row["context"], "answers": row["answers"]["text"]})
+    return features, extras
+
+
+def seq_cls_features(tokenizer, rows, max_length, label2id):
+    enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
+    return [
+        {"input_ids": ids, "attention_mask": mask, "labels": label2id[str(r["label"])]}
+        for ids, mask, r in zip(enc["input_ids"], enc["attention_mask"], rows)
+    ]
+
+
+def token_cls_features(tokenizer, rows, max_length, label2id):
+    """Each word's label on its first sub-word; other sub-words and special tokens are ignored (-100)."""
+    enc = tokenizer([r["tokens"] for r in rows], is_split_into_words=True, truncation=True, max_length=max_length)
+    features = []
+    for i, row in enumerate(rows):
+        labels, previous = [], None
+        for word in enc.word_ids(i):
+            labels.append(-100 if word is None or word == previous else label2id[row["tags"][word]])
+            previous = word
+        features.append(
+            {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": labels}
+        )
+    return features
+
+
+def seq2seq_features(tokenizer, rows, max_length, max_target_length):
+    enc = tokenizer([r["source"] for r in rows], truncation=True, max_length=max_length)
+    targets = tokenizer(text_target=[r["target"] for r in rows], truncation=True, max_length=max_target_length)
+    return [
+        {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        for ids, mask, labels in zip(enc["input_ids"], enc["attention_mask"], targets["input_ids"])
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def squad_scores(predictions: list[str], references: list[list[str]]) -> dict:
+    exact, f1 = 0.0, 0.0
+    for prediction, answers in zip(predictions, references):
+        exact += max(float(normalize_answer(prediction) == normalize_answer(a)) for a in answers)
+        best = 0.0
+        for answer in answers:
+            pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(answer).split()
+            common = sum((collections.Counter(pred_tokens) & collections.Counter(gold_tokens)).values())
+            if common:
+                precision, recall = common / len(pred_tokens), common / len(gold_tokens)
+                best = max(best, 2 * precision * recall / (precision + recall))
+        f1 += best
+    n = max(1, len(predictions))
+    return {"exact_match": 100 * exact / n, "f1": 100 * f1 / n}
+
+
+def bio_spans(tags: list[str]) -> set:
+    spans, start, label = set(), None, None
+    for i, tag in enumerate([*tags, "O"]):
+        if start is not None and not (tag.startswith("I-") and tag[2:] == label):
+            spans.add((start, i, label))
+            start = None
+        if tag.startswith("B-") or (tag.startswith("I-") and start is None):
+            start, label = i, tag[2:]
+    return spans
+
+
+def best_span(start_logits, end_logits, offsets, max_answer_tokens=30):
+    """The context span maximising start + end logits (start <= end, at most `max_answer_tokens` tokens)."""
+    candidates = [t for t, o in enumerate(offsets) if o is not None and t < len(start_logits)]
+    if not candidates:
+        return None
+    allowed = torch.tensor([o is not None for o in offsets[: len(start_logits)]])
+    start_logits = start_logits[: len(allowed)].masked_fill(~allowed, -1e9)
+    end_logits = end_logits[: len(allowed)].masked_fill(~allowed, -1e9)
+    scores = start_logits[:, None] + end_logits[None, :]
+    n = len(allowed)
+    band = torch.ones(n, n, dtype=torch.bool).triu().tril(max_answer_tokens - 1)
+    flat = scores.masked_fill(~band, -1e18).argmax()
+    return divmod(flat.item(), n)
+
+
+# ------------------------------------------------------------------------------------------------------- tasks
+
+
+class Task:
+    """Everything head-specific: features, collator, and turning raw outputs into predictions and metrics."""
+
+    def __init__(self, head, tokenizer, train_rows, eval_rows, args):
+        self.head, self.tokenizer, self.args = head, tokenizer, args
+        self.label2id = None
+        if head in ("seq-cls", "token-cls"):
+            train_labels = sorted(
+                {str(r["label"]) for r in train_rows}
+                if head == "seq-cls"
+                else {t for r in train_rows for t in r["tags"]}
+            )
+            eval_labels = (
+                {str(r["label"]) for r in eval_rows}
+                if head == "seq-cls"
+                else {t for r in eval_rows for t in r["tags"]}
+            )
+            unknown = sorted(eval_labels - set(train_labels))
+            if unknown:
+                raise UsageError(f"the evaluation data has labels that the training data lacks: {unknown}")
+            self.label2id = {label: i for i, label in enumerate(train_labels)}
+        self.train_features, _ = self.featurize(train_rows)
+        self.eval_features, self.eval_extras = self.featurize(eval_rows)
+        self.eval_rows = eval_rows
+
+    def featurize(self, rows):
+        t, n = self.tokenizer, self.args.max_length
+        if self.head == "qa":
+            return qa_features(t, rows, n)
+        if self.head == "seq-cls":
+            return seq_cls_features(t, rows, n, self.label2id), None
+        if self.head == "token-cls":
+            return token_cls_features(t, rows, n, self.label2id), None
+        return seq2seq_features(t, rows, n, self.args.max_target_length), None
+
+    def model_kwargs(self):
+        if self.label2id is None:
+            return {}
+        return {
+            "num_labels": len(self.label2id),
+            "label2id": self.label2id,
+            "id2label": {i: label for label, i in self.label2id.items()},
+        }
+
+    def collator(self, model=None):
+        if self.head == "token-cls":
+            return DataCollatorForTokenClassification(self.tokenizer)
+        if self.head == "seq2seq":
+            return DataCollatorForSeq2Seq(self.tokenizer, model=model)
+        return DataCollatorWithPadding(self.tokenizer)
+
+    def decode(self, outputs) -> list:
+        """Raw outputs (a list, one tensor or tensor pair per example) -> predictions (strings or labels)."""
+        if self.head == "qa":
+            predictions = []
+            for (start_logits, end_logits), extra in zip(outputs, self.eval_extras):
+                span = best_span(start_logits, end_logits, extra["offsets"])
+                if span is None:
+                    predictions.append("")
+                else:
+                    s, e = span
+                    predictions.append(extra["context"][extra["offsets"][s][0] : extra["offsets"][e][1]].strip())
+            return predictions
+        if self.head == "seq-cls":
+            id2label = {i: label for label, i in self.label2id.items()}
+            return [id2label[int(logits.argmax())] for logits in outputs]
+        if self.head == "token-cls":
+            id2label = {i: label for label, i in self.label2id.items()}
+            predictions = []
+            for logits, feature in zip(outputs, self.eval_features):
+                keep = [i for i, label in enumerate(feature["labels"]) if label != -100]
+                predictions.append([id2label[int(logits[i].argmax())] for i in keep])
+            return predictions
+        return self.tokenizer.batch_decode(outputs, skip_special_tokens=True)
+
+    def score(self, predictions) -> dict:
+        if self.head in ("qa", "seq2seq"):
+            if self.head == "qa":
+                references = [extra["answers"] for extra in self.eval_extras]
+            else:
+                references = [[r["target"]] for r in self.eval_rows]
+            return squad_scores([p.strip() for p in predictions], references)
+        if self.head == "seq-cls":
+            correct = sum(p == str(r["label"]) for p, r in zip(predictions, self.eval_rows))
+            return {"accuracy": 100 * correct / len(predictions)}
+        gold = [r["tags"][: len(p)] for p, r in zip(predictions, self.eval_rows)]
+        tp = sum(len(bio_spans(p) & bio_spans(g)) for p, g in zip(predictions, gold))
+        n_pred, n_gold = sum(len(bio_spans(p)) for p in predictions), sum(len(bio_spans(g)) for g in gold)
+        precision, recall = tp / max(1, n_pred), tp / max(1, n_gold)
+        f1 = 2 * precision * recall / max(1e-9, precision + recall)
+        words = sum(len(p) for p in predictions)
+        accuracy = sum(a == b for p, g in zip(predictions, gold) for a, b in zip(p, g)) / max(1, words)
+        return {"f1": 100 * f1, "accuracy": 100 * accuracy}
+
+
+def split_outputs(head, predictions) -> list:
+    """Trainer's padded prediction arrays -> one tensor (or pair) per example, padding (-100) removed."""
+    if head == "qa":
+        starts, ends = (torch.as_tensor(p) for p in predictions)
+        return list(zip(starts, ends))
+    if head == "seq2seq":
+        ids = torch.as_tensor(predictions)
+        return [row[row != -100] for row in ids]
+    return list(torch.as_tensor(predictions[0] if isinstance(predictions, tuple) else predictions))
+
+
+# -------------------------------------------------------------------------------------------- model & outputs
+
+
+def load_model(head, path, task_kwargs):
+    """The head from a FAT5 checkpoint folder (or hub id); a clear UsageError for anything else."""
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as e:
+        raise UsageError(f"{path} is not a loadable model checkpoint: {str(e).splitlines()[0]}") from None
+    if config.model_type != "flash_t5":
+        raise UsageError(
+            f"{path} holds a {config.model_type!r} model, not a FAT5 ('flash_t5') one; convert T5 checkpoints first "
+            "with `python -m fat5.models.flash_t5.convert_t5_to_flash_t5`"
+        )
+    try:
+        model, info = AUTO_CLASSES[head].from_pretrained(path, output_loading_info=True, **task_kwargs)
+    except Exception as e:
+        raise UsageError(f"could not load a {head} model from {path}: {str(e).splitlines()[0]}") from None
+    rescale_new_head(model, info["missing_keys"])
+    return model
+
+
+@torch.no_grad()
+def rescale_new_head(model, missing_keys):
+    """Gives a freshly initialised head T5's scale, N(0, d_model**-0.5), zero bias.
+
+    Works around the model's `_init_weights` (fat5 0.1.0): transformers' generic `nn.Linear` initialisation runs after
+    FAT5's own one and leaves the heads at std 1.0, which makes first logits ~sqrt(d_model) too large.
+    """
+    for key in missing_keys:
+        parameter = model.get_parameter(key)
+        if key.endswith("bias"):
+            parameter.zero_()
+        elif parameter.dim() == 2:
+            parameter.normal_(mean=0.0, std=model.config.hidden_size**-0.5)
+
+
+def load_tokenizer(path):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise UsageError(
+            f"no tokenizer could be loaded from {path} ({str(e).splitlines()[0]}); pass --tokenizer"
+        ) from None
+    if not tokenizer.is_fast:
+        raise UsageError(f"the tokenizer of {path} is not a fast tokenizer (offsets and word ids need one)")
+    return tokenizer
+
+
+@torch.no_grad()
+def raw_outputs(head, model, features, collator, batch_size=32, generation_kwargs=None) -> list:
+    """The model's outputs on `features`, one per example, by a plain loop (same code in both processes)."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    for i in range(0, len(features), batch_size):
+        chunk = [
+            {k: v for k, v in f.items() if k in ("input_ids", "attention_mask")} for f in features[i : i + batch_size]
+        ]
+        batch = {k: v.to(device) for k, v in collator(chunk).items()}
+        if head == "seq2seq":
+            generated = model.generate(**batch, **(generation_kwargs or {}))
+            outputs += [row.cpu() for row in generated]
+        elif head == "qa":
+            out = model(**batch)
+            lengths = batch["attention_mask"].sum(1)
+            outputs += [(s[:n].cpu(), e[:n].cpu()) for s, e, n in zip(out.start_logits, out.end_logits, lengths)]
+        elif head == "token-cls":
+            out = model(**batch)
+            lengths = batch["attention_mask"].sum(1)
+            outputs += [logits[:n].cpu() for logits, n in zip(out.logits, lengths)]
+        else:
+            outputs += list(model(**batch).logits.cpu())
+    return outputs
+
+
+RELOAD_SCRIPT = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import finetune
+head, folder, work = sys.argv[2], sys.argv[3], sys.argv[4]
+saved = torch.load(work + "/reload_inputs.pt", weights_only=False)
+model = finetune.AUTO_CLASSES[head].from_pretrained(folder)
+tokenizer = finetune.AutoTokenizer.from_pretrained(folder)
+collator = finetune.DataCollatorWithPadding(tokenizer)
+outputs = finetune.raw_outputs(head, model, saved["features"], collator, generation_kwargs=saved["generation"])
+torch.save({"outputs": outputs, "class": type(model).__name__}, work + "/reload_outputs.pt")
+"""
+
+
+def compare_outputs(a, b) -> float:
+    """Largest absolute difference between two lists of outputs; inf where shapes differ."""
+    worst = 0.0
+    for x, y in zip(a, b):
+        for u, v in zip(x, y) if isinstance(x, tuple) else [(x, y)]:
+            if u.shape != v.shape:
+                return float("inf")
+            worst = max(worst, (u.double() - v.double()).abs().max().item() if u.numel() else 0.0)
+    return worst if len(a) == len(b) else float("inf")
+
+
+def check_reload(head, model, folder, task, workdir, generation_kwargs) -> dict:
+    """Reloads `folder` in a fresh process through the Auto class of `head`; its predictions must be identical."""
+    collator = DataCollatorWithPadding(task.tokenizer)
+    features = task.eval_features[: task.args.reload_check_examples]
+    here = raw_outputs(head, model, features, collator, generation_kwargs=generation_kwargs)
+    torch.save({"features": features, "generation": generation_kwargs}, Path(workdir) / "reload_inputs.pt")
+    subprocess.run(
+        [sys.executable, "-c", RELOAD_SCRIPT, str(EXAMPLES_DIR), head, str(folder), str(workdir)],
+        check=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    there = torch.load(Path(workdir) / "reload_outputs.pt", weights_only=False)
+    same = task.decode(here) == task.decode(there["outputs"])  # decode zips: the first len(features) examples
+    difference = compare_outputs(here, there["outputs"])
+    if not same:
+        raise RuntimeError(f"predictions differ after reloading {folder} in a fresh process (max diff {difference})")
+    return {"reloaded_class": there["class"], "examples": len(features), "max_abs_diff": difference}
+
+
+# -------------------------------------------------------------------------------------------------------- main
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="finetune.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--head", choices=sorted(AUTO_CLASSES), default="qa", help="what to finetune (default: qa, extractive QA)"
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a FAT5 checkpoint folder or hub id: a seq2seq checkpoint (its encoder feeds the encoder-only heads) "
+        "or one of the head itself. `python examples/pretrain.py` builds one from the shipped corpus.",
+    )
+    parser.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the one saved with --model)")
+    parser.add_argument("--train-file", help="training data, JSON lines (default: the shipped data of the head)")
+    parser.add_argument("--eval-file", help="held-out data, JSON lines (default: the shipped data of the head)")
+    parser.add_argument("--output-dir", required=True, help="where model/ and results.json go (must not exist)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output-dir if it exists")
+    parser.add_argument("--max-steps", type=int, default=300, help="optimizer steps (default: 300)")
+    parser.add_argument("--batch-size", type=int, default=32, help="per-device batch size (default: 32)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up (default: 5%% of the steps)")
+    parser.add_argument("--max-length", type=int, default=256, help="max input tokens (default: 256)")
+    parser.add_argument("--max-target-length", type=int, default=32, help="seq2seq: max target tokens (default: 32)")
+    parser.add_argument("--max-train-examples", type=int, help="use only the first N training examples")
+    parser.add_argument("--max-eval-examples", type=int, help="use only the first N evaluation examples")
+    parser.add_argument(
+        "--reload-check-examples", type=int, default=64, help="examples compared after the reload (default: 64)"
+    )
+    parser.add_argument("--no-reload-check", action="store_true", help="skip the fresh-process reload check")
+    parser.add_argument("--skip-initial-eval", action="store_true", help="do not evaluate before training")
+    parser.add_argument("--bf16", action="store_true", help="train in bfloat16 mixed precision (GPU)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars nor logs")
+    return parser
+
+
+def run(args) -> dict:
+    """The whole flow; returns the results (also written to OUTPUT_DIR/results.json). Raises UsageError."""
+    timings = {}
+    started = time.perf_counter()
+    head = args.head
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not args.overwrite:
+        raise UsageError(f"{output_dir} exists; pass --overwrite to replace it")
+    train_file = Path(args.train_file or DATA_DIR / DEFAULT_FILES[head][0])
+    eval_file = Path(args.eval_file or DATA_DIR / DEFAULT_FILES[head][1])
+    train_rows = load_jsonl(train_file, head, args.max_train_examples)
+    eval_rows = load_jsonl(eval_file, head, args.max_eval_examples)
+
+    # Check the checkpoint and tokenizer before anything is written.
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    task = Task(head, tokenizer, train_rows, eval_rows, args)
+    model = load_model(head, args.model, task.model_kwargs())
+    if len(tokenizer) > model.config.vocab_size:
+        raise UsageError(f"the tokenizer has {len(tokenizer)} tokens, the model only {model.config.vocab_size}")
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.tmp-"))
+    try:
+        common = {
+            "output_dir": str(workdir / "trainer"),
+            "max_steps": args.max_steps,
+            "per_device_train_batch_size": args.batch_size,
+            "per_device_eval_batch_size": 2 * args.batch_size,
+            "learning_rate": args.learning_rate,
+            "lr_scheduler_type": "linear",
+            "warmup_steps": args.warmup_steps if args.warmup_steps is not None else max(1, args.max_steps // 20),
+            "weight_decay": 0.01,
+            "logging_steps": max(1, args.max_steps // 10),
+            "save_strategy": "no",
+            "report_to": "none",
+            "seed": args.seed,
+            "bf16": args.bf16,
+            "disable_tqdm": args.quiet,
+            "dataloader_num_workers": 0,
+        }
+        generation_kwargs = None
+        if head == "seq2seq":
+            generation_kwargs = {"max_new_tokens": args.max_target_length, "num_beams": 1, "do_sample": False}
+            training_args = Seq2SeqTrainingArguments(
+                predict_with_generate=True,
+                generation_max_length=args.max_target_length,
+                generation_num_beams=1,
+                **common,
+            )
+            trainer_class = Seq2SeqTrainer
+        else:
+            training_args = TrainingArguments(**common)
+            trainer_class = Trainer
+        trainer = trainer_class(
+            model=model,
+            args=training_args,
+            train_dataset=task.train_features,
+            eval_dataset=task.eval_features,
+            data_collator=task.collator(model),
+            processing_class=tokenizer,
+        )
+
+        def evaluate():
+            t = time.perf_counter()
+            result = trainer.predict(task.eval_features)
+            outputs = split_outputs(head, result.predictions)
+            if head in ("qa", "token-cls"):  # trim Trainer's cross-batch padding to each example's length
+                outputs = [
+                    (o[0][: len(f["input_ids"])], o[1][: len(f["input_ids"])])
+                    if head == "qa"
+                    else o[: len(f["input_ids"])]
+                    for o, f in zip(outputs, task.eval_features)
+                ]
+            predictions = task.decode(outputs)
+            return task.score(predictions), predictions, time.perf_counter() - t
+
+        results = {"head": head, "model": str(args.model), "train_examples": len(train_rows)}
+        results["eval_examples"] = len(eval_rows)
+        if not args.skip_initial_eval:
+            results["before"], _, timings["eval_before_s"] = evaluate()
+        t = time.perf_counter()
+        train_result = trainer.train()
+        timings["train_s"] = time.perf_counter() - t
+        results["train_loss"] = train_result.training_loss
+        results["after"], predictions, timings["eval_after_s"] = evaluate()
+
+        if not trainer.is_world_process_zero():
+            return results
+        model_dir = workdir / "model"
+        trainer.model.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        results["saved_files"] = sorted(p.name for p in model_dir.iterdir())
+        if not args.no_reload_check:
+            t = time.perf_counter()
+            results["reload"] = check_reload(head, trainer.model, model_dir, task, workdir, generation_kwargs)
+            timings["reload_check_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - started
+        results["timings"] = timings
+        results["device"] = str(trainer.args.device)
+        results["attn_implementation"] = trainer.model.config._attn_implementation
+        (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        with open(workdir / "predictions.jsonl", "w", encoding="utf-8") as f:
+            for row, prediction in zip(eval_rows, predictions):
+                f.write(json.dumps({"id": row.get("id"), "prediction": prediction}) + "\n")
+        shutil.rmtree(workdir / "trainer", ignore_errors=True)
+        for leftover in ("reload_inputs.pt", "reload_outputs.pt"):
+            (workdir / leftover).unlink(missing_ok=True)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        workdir.rename(output_dir)
+        return results
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def format_results(results) -> str:
+    """A short table: metrics before and after finetuning."""
+    after = results["after"]
+    before = results.get("before", {})
+    lines = [f"{'metric':<14}{'before':>10}{'after':>10}", "-" * 34]
+    for name, value in after.items():
+        previous = f"{before[name]:10.1f}" if name in before else f"{'-':>10}"
+        lines.append(f"{name:<14}{previous}{value:10.1f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quiet:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        results = run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if "saved_files" in results and not args.quiet:
+        print(f"\n{args.head}: {results['eval_examples']} held-out examples\n{format_results(results)}")
+        print(f"saved to {args.output_dir}/model: {', '.join(results['saved_files'])}")
+        if "reload" in results:
+            reload = results["reload"]
+            print(
+                f"fresh process: {reload['reloaded_class']} reloaded through {AUTO_CLASSES[args.head].__name__}, "
+                f"same predictions on {reload['examples']} examples (max |diff| {reload['max_abs_diff']:.1e})"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

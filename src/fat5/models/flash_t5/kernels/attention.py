@@ -1,0 +1,875 @@
+# Copyright 2026 The FAT5 Authors. Licensed under the Apache License, Version 2.0.
+"""FAT5's attention in Triton: FlashAttention-2-style forward and backward that carry the position bias in the kernel.
+
+    out = softmax(scale * q @ k.T + bias + mask) @ v
+
+The bias is never a (query x key) tensor for the position encodings that do not need one:
+
+- T5 relative buckets: the (buckets x heads) table is expanded once per call into a (heads x (2 * max_distance + 1))
+  table of the bias of every relative position `key - query` in [-max_distance, max_distance], through the model's
+  own `relative_position_bucket` (so the kernel's buckets are T5's to the bit); beyond max_distance the bucket no
+  longer changes. The kernel reads it per score, and a tile whose every relative position lies beyond max_distance
+  (most tiles of a long sequence) reads a single value. Backward sums the score gradients of each relative position
+  (a tile's diagonals) in the kernel, one partial row per program; autograd takes them back to the bucket table.
+- ALiBi: `-slope * |key - query|` from the per-head slopes, symmetric or asymmetric (the first half of the heads
+  sees only earlier keys, the second half only later ones).
+- Any other bias (FIRE, a user's) is read as a dense (batch|1, heads|1, query, key) tensor, with its gradient.
+
+Also in the kernels: the key-padding mask (batch, key), causal masking with the offset of cached keys, query and key
+lengths that differ (cross-attention), head dims up to 128, fp16/bf16/fp32 (fp32 products in full precision). Rows
+whose every key is masked give zeros.
+
+Paths the kernels do not take run through `torch.nn.functional.scaled_dot_product_attention` with a bias built for
+the call (documented in `fat5_attention`): attention dropout in training, head dims above 128, dtypes other than
+fp16/bf16/fp32, 4D attention masks, and decode steps (a few queries against a cache, where building the bias of those
+rows is cheap and the fused kernel gains nothing).
+
+The kernels are `torch.library.custom_op`s with fake implementations, so `torch.compile(fullgraph=True)` traces
+through them. This module imports Triton: import it only where Triton exists.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch.nn import functional as F
+
+from ..modeling_flash_t5 import relative_position_bucket
+from .utils import fix_interpreter_loop_bounds, interpreting
+
+
+fix_interpreter_loop_bounds()
+
+BIAS_NONE, BIAS_RELATIVE, BIAS_ALIBI, BIAS_DENSE = 0, 1, 2, 3
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 128
+# Up to this many queries (a decode step against a cache), the bias of those rows is built and SDPA runs.
+DECODE_MAX_QUERIES = 16
+LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def kernel_configs(head_dim: int) -> dict[str, KernelConfig]:
+    """Tile sizes of the forward, the key/value-gradient and the query-gradient kernels."""
+    if interpreting():
+        # Small tiles on CPU so that tests of a few dozen tokens cover several tiles and ragged ends.
+        small = KernelConfig(16, 16, 1, 1)
+        return {"forward": small, "backward_kv": small, "backward_q": small}
+    wide = head_dim > 64
+    return {
+        "forward": KernelConfig(128, 64 if wide else 128, 8, 3 if wide else 3),
+        "backward_kv": KernelConfig(32, 128, 8 if wide else 4, 3),
+        "backward_q": KernelConfig(128, 32, 8 if wide else 4, 3),
+    }
+
+
+@triton.jit
+def _scores(
+    q,
+    k,
+    start_m,
+    start_n,
+    offs_m,
+    offs_n,
+    batch,
+    head,
+    num_heads,
+    seq_n,
+    qk_scale,
+    query_offset,
+    max_distance,
+    key_mask_ptr,
+    stride_mask_b,
+    bias_ptr,
+    stride_bias_b,
+    stride_bias_h,
+    stride_bias_m,
+    stride_bias_n,
+    seq_m,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BIAS_KIND: tl.constexpr,
+    ALIBI_ASYMMETRIC: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """The tile's scores in the log2 domain (natural-log scores times log2(e)), masked keys at -inf."""
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
+    if BIAS_KIND == 1:
+        width = 2 * max_distance + 1
+        row = bias_ptr + head * width
+        relative_min = start_n - (start_m + BLOCK_M - 1 + query_offset)
+        relative_max = start_n + BLOCK_N - 1 - (start_m + query_offset)
+        if (relative_min >= max_distance) | (relative_max <= -max_distance):
+            # Every score of the tile is beyond max_distance on the same side: one bias value for the whole tile.
+            far_index = tl.where(relative_min >= max_distance, width - 1, 0)
+            s += tl.load(row + far_index) * 1.4426950408889634
+        else:
+            index = tl.minimum(tl.maximum(relative, -max_distance), max_distance) + max_distance
+            s += tl.load(row + index) * 1.4426950408889634
+    elif BIAS_KIND == 2:
+        slope = tl.load(bias_ptr + head)
+        s -= slope * tl.abs(relative).to(tl.float32) * 1.4426950408889634
+    elif BIAS_KIND == 3:
+        bias_mask = (offs_m[:, None] < seq_m) & (offs_n[None, :] < seq_n)
+        bias = tl.load(
+            bias_ptr
+            + batch * stride_bias_b
+            + head * stride_bias_h
+            + offs_m[:, None] * stride_bias_m
+            + offs_n[None, :] * stride_bias_n,
+            mask=bias_mask,
+            other=0.0,
+        )
+        s += bias.to(tl.float32) * 1.4426950408889634
+    valid = offs_n[None, :] < seq_n
+    if CAUSAL:
+        valid = valid & (relative <= 0)
+    if ALIBI_ASYMMETRIC:
+        backwards_only = head < num_heads // 2
+        valid = valid & tl.where(backwards_only, relative <= 0, relative >= 0)
+    if HAS_KEY_MASK:
+        keep = tl.load(key_mask_ptr + batch * stride_mask_b + offs_n, mask=offs_n < seq_n, other=0)
+        valid = valid & (keep != 0)[None, :]
+    return tl.where(valid, s, float("-inf"))
+
+
+@triton.jit
+def _forward_kernel(
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    KEY_MASK,
+    BIAS,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_mask_b,
+    stride_bias_b,
+    stride_bias_h,
+    stride_bias_m,
+    stride_bias_n,
+    num_heads,
+    seq_m,
+    seq_n,
+    qk_scale,
+    query_offset,
+    max_distance,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BIAS_KIND: tl.constexpr,
+    ALIBI_ASYMMETRIC: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    batch_head = tl.program_id(1)
+    batch = batch_head // num_heads
+    head = batch_head % num_heads
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n_block = tl.arange(0, BLOCK_N)
+    d_ok = offs_d[None, :] < HEAD_DIM
+
+    q_ptrs = Q + batch * stride_qb + head * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=(offs_m[:, None] < seq_m) & d_ok, other=0.0)
+    k_base = K + batch * stride_kb + head * stride_kh
+    v_base = V + batch * stride_vb + head * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    end_n = seq_n
+    if CAUSAL:
+        end_n = tl.minimum(seq_n, start_m + BLOCK_M + query_offset)
+    for start_n in range(0, end_n, BLOCK_N):
+        offs_n = start_n + offs_n_block
+        kv_mask = (offs_n[:, None] < seq_n) & d_ok
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = _scores(
+            q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
+            max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
+            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        )  # fmt: skip
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row with no unmasked key yet keeps m = -inf; subtract 0 there so that exp2 gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    o_ptrs = O + batch * stride_ob + head * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m[:, None] < seq_m) & d_ok)
+    # log2-domain log-sum-exp; +inf for rows with every key masked makes their backward probabilities 0.
+    lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+    tl.store(LSE + batch_head * seq_m + offs_m, lse, mask=offs_m < seq_m)
+
+
+@triton.jit
+def _backward_delta_kernel(
+    O,
+    DO,
+    DELTA,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    num_heads,
+    seq_m,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """delta = rowsum(dO * O) in fp32: the softmax backward's correction term."""
+    batch_head = tl.program_id(1)
+    batch = batch_head // num_heads
+    head = batch_head % num_heads
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m[:, None] < seq_m) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(O + batch * stride_ob + head * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :], mask=mask)
+    do = tl.load(
+        DO + batch * stride_dob + head * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :], mask=mask
+    )
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + batch_head * seq_m + offs_m, delta, mask=offs_m < seq_m)
+
+
+@triton.jit
+def _backward_kv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    KEY_MASK,
+    BIAS,
+    DBIAS,
+    SCRATCH,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dkb,
+    stride_dkh,
+    stride_dkn,
+    stride_dvb,
+    stride_dvh,
+    stride_dvn,
+    stride_mask_b,
+    stride_bias_b,
+    stride_bias_h,
+    stride_bias_m,
+    stride_bias_n,
+    stride_dbias_b,
+    stride_dbias_h,
+    stride_dbias_m,
+    num_heads,
+    seq_m,
+    seq_n,
+    scale,
+    qk_scale,
+    query_offset,
+    max_distance,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_DIAGONALS: tl.constexpr,
+    BIAS_KIND: tl.constexpr,
+    BIAS_GRAD: tl.constexpr,
+    ALIBI_ASYMMETRIC: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """dK and dV of one key block, looping over the query blocks; also the bias gradient of each tile."""
+    block_n = tl.program_id(0)
+    start_n = block_n * BLOCK_N
+    batch_head = tl.program_id(1)
+    batch = batch_head // num_heads
+    head = batch_head % num_heads
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_m_block = tl.arange(0, BLOCK_M)
+    d_ok = offs_d[None, :] < HEAD_DIM
+
+    kv_mask = (offs_n[:, None] < seq_n) & d_ok
+    k = tl.load(K + batch * stride_kb + head * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask)
+    v = tl.load(V + batch * stride_vb + head * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    q_base = Q + batch * stride_qb + head * stride_qh
+    do_base = DO + batch * stride_dob + head * stride_doh
+    relative_width = 2 * max_distance + 1
+    # This program's own row of relative-position gradient sums: no other program writes it.
+    relative_grad_row = SCRATCH + (batch_head * tl.num_programs(0) + block_n) * relative_width
+    far_before = 0.0
+    far_after = 0.0
+    # Per-program tile buffer through which a tile's diagonals are read (the relative-position sums).
+    tile_buffer = SCRATCH + tl.num_programs(0) * tl.num_programs(1) * relative_width
+    tile_buffer += (batch_head * tl.num_programs(0) + block_n) * BLOCK_M * BLOCK_N
+
+    start_m_first = 0
+    if CAUSAL:
+        start_m_first = tl.maximum(start_n - query_offset, 0) // BLOCK_M * BLOCK_M
+    for start_m in range(start_m_first, seq_m, BLOCK_M):
+        offs_m = start_m + offs_m_block
+        row_ok = offs_m < seq_m
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
+        lse = tl.load(LSE + batch_head * seq_m + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + batch_head * seq_m + offs_m, mask=row_ok, other=0.0)
+        s = _scores(
+            q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
+            max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
+            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        )  # fmt: skip
+        p = tl.exp2(s - lse[:, None])
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        # Gradient of the natural-domain scores (scale * q.k + bias): also the gradient of the bias.
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+        if BIAS_GRAD:
+            if BIAS_KIND == 3:
+                dbias_ptrs = (
+                    DBIAS
+                    + batch * stride_dbias_b
+                    + head * stride_dbias_h
+                    + offs_m[:, None] * stride_dbias_m
+                    + offs_n[None, :]
+                )
+                tl.store(dbias_ptrs, ds.to(DBIAS.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < seq_n))
+            if BIAS_KIND == 1:
+                relative_min = start_n - (start_m + BLOCK_M - 1 + query_offset)
+                relative_max = start_n + BLOCK_N - 1 - (start_m + query_offset)
+                if relative_min >= max_distance:
+                    far_after += tl.sum(ds)
+                elif relative_max <= -max_distance:
+                    far_before += tl.sum(ds)
+                else:
+                    # Sum the tile's diagonals: write it out, read it back skewed (row i shifted left by i), sum
+                    # the columns. Diagonal t holds the scores of relative position start_n - start_m - offset + t.
+                    rows = tl.arange(0, BLOCK_M)
+                    tl.store(tile_buffer + rows[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :], ds)
+                    tl.debug_barrier()
+                    diagonals = tl.arange(0, BLOCK_DIAGONALS)
+                    columns = rows[:, None] + diagonals[None, :] - (BLOCK_M - 1)
+                    skewed = tl.load(
+                        tile_buffer + rows[:, None] * BLOCK_N + columns,
+                        mask=(columns >= 0) & (columns < BLOCK_N),
+                        other=0.0,
+                    )
+                    tl.debug_barrier()
+                    diagonal_sums = tl.sum(skewed, 0)
+                    relative = start_n - start_m - query_offset - (BLOCK_M - 1) + diagonals
+                    in_range = diagonals < BLOCK_M + BLOCK_N - 1
+                    far_after += tl.sum(tl.where(in_range & (relative >= max_distance), diagonal_sums, 0.0))
+                    far_before += tl.sum(tl.where(in_range & (relative <= -max_distance), diagonal_sums, 0.0))
+                    near = in_range & (relative > -max_distance) & (relative < max_distance)
+                    tl.atomic_add(relative_grad_row + relative + max_distance, diagonal_sums, mask=near)
+
+    if BIAS_GRAD:
+        if BIAS_KIND == 1:
+            tl.atomic_add(relative_grad_row, far_before)
+            tl.atomic_add(relative_grad_row + relative_width - 1, far_after)
+
+    dk_ptrs = DK + batch * stride_dkb + head * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
+    tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
+    dv_ptrs = DV + batch * stride_dvb + head * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _backward_q_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    KEY_MASK,
+    BIAS,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_dob,
+    stride_doh,
+    stride_dom,
+    stride_dqb,
+    stride_dqh,
+    stride_dqm,
+    stride_mask_b,
+    stride_bias_b,
+    stride_bias_h,
+    stride_bias_m,
+    stride_bias_n,
+    num_heads,
+    seq_m,
+    seq_n,
+    scale,
+    qk_scale,
+    query_offset,
+    max_distance,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BIAS_KIND: tl.constexpr,
+    ALIBI_ASYMMETRIC: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """dQ of one query block, looping over the key blocks."""
+    start_m = tl.program_id(0) * BLOCK_M
+    batch_head = tl.program_id(1)
+    batch = batch_head // num_heads
+    head = batch_head % num_heads
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n_block = tl.arange(0, BLOCK_N)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    row_ok = offs_m < seq_m
+
+    q = tl.load(
+        Q + batch * stride_qb + head * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+        mask=row_ok[:, None] & d_ok,
+        other=0.0,
+    )
+    do = tl.load(
+        DO + batch * stride_dob + head * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :],
+        mask=row_ok[:, None] & d_ok,
+        other=0.0,
+    )
+    lse = tl.load(LSE + batch_head * seq_m + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + batch_head * seq_m + offs_m, mask=row_ok, other=0.0)
+    k_base = K + batch * stride_kb + head * stride_kh
+    v_base = V + batch * stride_vb + head * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    end_n = seq_n
+    if CAUSAL:
+        end_n = tl.minimum(seq_n, start_m + BLOCK_M + query_offset)
+    for start_n in range(0, end_n, BLOCK_N):
+        offs_n = start_n + offs_n_block
+        kv_mask = (offs_n[:, None] < seq_n) & d_ok
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = _scores(
+            q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
+            max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
+            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        )  # fmt: skip
+        p = tl.exp2(s - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+
+    dq_ptrs = DQ + batch * stride_dqb + head * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get full-precision products; TF32 would silently cost them about three decimal digits.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _bias_strides(bias: torch.Tensor | None, bias_kind: int) -> tuple[int, int, int, int]:
+    if bias_kind != BIAS_DENSE:
+        return 0, 0, 0, 0
+    return tuple(0 if bias.shape[i] == 1 else bias.stride(i) for i in range(4))
+
+
+def _new_like_heads_last(batch: int, heads: int, length: int, head_dim: int, like: torch.Tensor) -> torch.Tensor:
+    """A (batch, heads, length, head_dim) view of a (batch, length, heads, head_dim) tensor: transformers' layout."""
+    return torch.empty(batch, length, heads, head_dim, dtype=like.dtype, device=like.device).transpose(1, 2)
+
+
+def _forward(q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset):
+    batch, heads, seq_m, head_dim = q.shape
+    seq_n = k.shape[2]
+    out = torch.empty(batch, seq_m, heads, head_dim, dtype=q.dtype, device=q.device)
+    lse = torch.empty(batch, heads, seq_m, dtype=torch.float32, device=q.device)
+    config = kernel_configs(head_dim)["forward"]
+    grid = (triton.cdiv(seq_m, config.block_m), batch * heads)
+    key_mask_arg = key_mask if key_mask is not None else q
+    bias_arg = bias if bias is not None else q
+    _forward_kernel[grid](
+        q, k, v, out, lse, key_mask_arg, bias_arg,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(2), out.stride(1),
+        key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind),
+        heads, seq_m, seq_n, scale * LOG2E, query_offset, max_distance,
+        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BIAS_KIND=bias_kind, ALIBI_ASYMMETRIC=alibi_asymmetric,
+        CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, PRECISION=_precision(q.dtype),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
+    return out, lse
+
+
+def _backward(
+    grad_out, q, k, v, out, lse, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance,
+    query_offset, bias_grad,
+):  # fmt: skip
+    batch, heads, seq_m, head_dim = q.shape
+    seq_n = k.shape[2]
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    configs = kernel_configs(head_dim)
+    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+
+    delta = torch.empty(batch, heads, seq_m, dtype=torch.float32, device=q.device)
+    delta_block = 64
+    _backward_delta_kernel[(triton.cdiv(seq_m, delta_block), batch * heads)](
+        out, grad_out, delta, out.stride(0), out.stride(2), out.stride(1),
+        grad_out.stride(0), grad_out.stride(2), grad_out.stride(1), heads, seq_m,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=delta_block,
+    )  # fmt: skip
+
+    dq = _new_like_heads_last(batch, heads, seq_m, head_dim, q)
+    dk = _new_like_heads_last(batch, heads, seq_n, head_dim, k)
+    dv = _new_like_heads_last(batch, heads, seq_n, head_dim, v)
+    key_mask_arg = key_mask if key_mask is not None else q
+    bias_arg = bias if bias is not None else q
+    common = {
+        "HEAD_DIM": head_dim,
+        "BLOCK_D": block_d,
+        "BIAS_KIND": bias_kind,
+        "ALIBI_ASYMMETRIC": alibi_asymmetric,
+        "CAUSAL": causal,
+        "HAS_KEY_MASK": key_mask is not None,
+        "PRECISION": _precision(q.dtype),
+    }
+
+    config = configs["backward_kv"]
+    num_n_blocks = triton.cdiv(seq_n, config.block_n)
+    relative_width = 2 * max_distance + 1
+    dbias = q.new_empty(0)
+    scratch = q.new_empty(0, dtype=torch.float32)
+    if bias_grad and bias_kind == BIAS_DENSE:
+        dbias = torch.empty(batch, heads, seq_m, seq_n, dtype=torch.float32, device=q.device)
+    elif bias_grad and bias_kind == BIAS_RELATIVE:
+        programs = num_n_blocks * batch * heads
+        scratch = torch.empty(programs * (relative_width + config.block_m * config.block_n), device=q.device)
+        scratch[: programs * relative_width].zero_()
+    dbias_strides = (dbias.stride(0), dbias.stride(1), dbias.stride(2)) if dbias.dim() == 4 else (0, 0, 0)
+    _backward_kv_kernel[(num_n_blocks, batch * heads)](
+        q, k, v, grad_out, lse, delta, dk, dv, key_mask_arg, bias_arg, dbias if dbias.numel() else q, scratch,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(2), grad_out.stride(1),
+        dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+        key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind), *dbias_strides,
+        heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        BLOCK_DIAGONALS=triton.next_power_of_2(config.block_m + config.block_n), BIAS_GRAD=bias_grad, **common,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
+
+    config = configs["backward_q"]
+    _backward_q_kernel[(triton.cdiv(seq_m, config.block_m), batch * heads)](
+        q, k, v, grad_out, lse, delta, dq, key_mask_arg, bias_arg,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(2), grad_out.stride(1),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind),
+        heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, **common,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
+
+    if bias_grad and bias_kind == BIAS_RELATIVE:
+        partial_rows = scratch[: num_n_blocks * batch * heads * relative_width]
+        dbias = partial_rows.view(batch, heads, num_n_blocks, relative_width).sum((0, 2))
+    elif bias_grad and bias_kind == BIAS_DENSE:
+        reduce_dims = [i for i in range(4) if bias.shape[i] == 1 and dbias.shape[i] != 1]
+        if reduce_dims:
+            dbias = dbias.sum(reduce_dims, keepdim=True)
+        dbias = dbias.to(bias.dtype)
+    return dq, dk, dv, dbias
+
+
+@torch.library.custom_op("fat5::attention_forward", mutates_args=(), device_types=None)
+def attention_forward_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    bias_kind: int,
+    scale: float,
+    causal: bool,
+    alibi_asymmetric: bool,
+    max_distance: int,
+    query_offset: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset)
+
+
+@attention_forward_op.register_fake
+def _(q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset):
+    batch, heads, seq_m, head_dim = q.shape
+    out = q.new_empty(batch, seq_m, heads, head_dim)
+    return out, q.new_empty(batch, heads, seq_m, dtype=torch.float32)
+
+
+@torch.library.custom_op("fat5::attention_backward", mutates_args=(), device_types=None)
+def attention_backward_op(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    bias_kind: int,
+    scale: float,
+    causal: bool,
+    alibi_asymmetric: bool,
+    max_distance: int,
+    query_offset: int,
+    bias_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(
+        grad_out, q, k, v, out, lse, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance,
+        query_offset, bias_grad,
+    )  # fmt: skip
+
+
+@attention_backward_op.register_fake
+def _(
+    grad_out, q, k, v, out, lse, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance,
+    query_offset, bias_grad,
+):  # fmt: skip
+    batch, heads, seq_m, head_dim = q.shape
+    seq_n = k.shape[2]
+    dq = _new_like_heads_last(batch, heads, seq_m, head_dim, q)
+    dk = _new_like_heads_last(batch, heads, seq_n, head_dim, k)
+    dv = _new_like_heads_last(batch, heads, seq_n, head_dim, v)
+    if bias_grad and bias_kind == BIAS_RELATIVE:
+        return dq, dk, dv, q.new_empty(heads, 2 * max_distance + 1, dtype=torch.float32)
+    if bias_grad and bias_kind == BIAS_DENSE:
+        return dq, dk, dv, bias.new_empty(bias.shape)
+    return dq, dk, dv, q.new_empty(0)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_mask, bias)
+    ctx.options = (bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset)
+
+
+def _backward_from_autograd(ctx, grad_out, _grad_lse):
+    q, k, v, out, lse, key_mask, bias = ctx.saved_tensors
+    bias_kind = ctx.options[0]
+    bias_grad = bias_kind in (BIAS_RELATIVE, BIAS_DENSE) and ctx.needs_input_grad[4]
+    dq, dk, dv, dbias = attention_backward_op(grad_out, q, k, v, out, lse, key_mask, bias, *ctx.options, bias_grad)
+    return dq, dk, dv, None, dbias if bias_grad else None, None, None, None, None, None, None
+
+
+attention_forward_op.register_autograd(_backward_from_autograd, setup_context=_setup_context)
+
+
+def relative_bias_by_distance(
+    relative_attention_bias: torch.Tensor, num_buckets: int, max_distance: int, bidirectional: bool
+) -> torch.Tensor:
+    """(heads, 2 * max_distance + 1): the bias of every relative position in [-max_distance, max_distance].
+
+    Gathered from the (buckets, heads) table with T5's own bucketing, so autograd takes the kernel's gradient back to
+    the table.
+    """
+    relative = torch.arange(-max_distance, max_distance + 1, device=relative_attention_bias.device)
+    buckets = relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+    return relative_attention_bias.float()[buckets].t().contiguous()
+
+
+def dense_bias(bias_kind, bias, seq_m, seq_n, query_offset, max_distance, alibi_asymmetric, device):
+    """The (1|batch, heads, seq_m, seq_n) additive bias the kernels compute in place, for the paths they do not take."""
+    if bias_kind == BIAS_DENSE:
+        return bias
+    if bias_kind == BIAS_NONE:
+        return None
+    relative = torch.arange(seq_n, device=device)[None, :] - torch.arange(seq_m, device=device)[:, None] - query_offset
+    if bias_kind == BIAS_RELATIVE:
+        return bias[:, relative.clamp(-max_distance, max_distance) + max_distance].unsqueeze(0)
+    result = -bias[:, None, None] * relative.abs()
+    if alibi_asymmetric:
+        half = bias.shape[0] // 2
+        blocked = torch.cat([(relative > 0).expand(half, -1, -1), (relative < 0).expand(half, -1, -1)])
+        result = result.masked_fill(blocked, float("-inf"))
+    return result.unsqueeze(0)
+
+
+def _sdpa_with_bias(query, key, value, key_mask, attention_mask, bias, scale, causal, query_offset, dropout):
+    """SDPA with every mask and bias folded into one additive (batch|1, heads|1, query, key) tensor."""
+    seq_m, seq_n = query.shape[2], key.shape[2]
+    min_value = torch.finfo(query.dtype).min
+    additive = torch.zeros(1, 1, seq_m, seq_n, dtype=torch.float32, device=query.device)
+    if bias is not None:
+        additive = additive + bias.float()
+    if causal:
+        key_position = torch.arange(seq_n, device=query.device)[None, :]
+        query_position = torch.arange(seq_m, device=query.device)[:, None] + query_offset
+        additive = additive.masked_fill(key_position > query_position, min_value)
+    if key_mask is not None:
+        additive = additive.masked_fill(~key_mask.bool()[:, None, None, :], min_value)
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        additive = additive.masked_fill(~attention_mask, min_value)
+    elif attention_mask is not None:
+        additive = additive + attention_mask.float()
+    additive = additive.clamp(min=min_value).to(query.dtype)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=additive, dropout_p=dropout, scale=scale)
+    return out.transpose(1, 2).contiguous()
+
+
+def kernel_refusal(query, key, value, attention_mask, dropout) -> str | None:
+    """Why the kernels do not take this call (then SDPA runs with a bias built for it), or None."""
+    if dropout > 0.0:
+        return "attention dropout in training"
+    if query.shape[-1] > MAX_HEAD_DIM:
+        return f"head dim {query.shape[-1]} > {MAX_HEAD_DIM}"
+    if query.dtype not in KERNEL_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
+        return f"dtypes {query.dtype}/{key.dtype}/{value.dtype} (the kernels take one of fp16, bf16, fp32)"
+    if query.dtype == torch.bfloat16 and interpreting():
+        # Triton 3.x's CPU interpreter multiplies bf16 tiles in tl.dot as raw integers: a wrong answer, not slow.
+        return "bf16 under Triton's CPU interpreter"
+    if attention_mask is not None and attention_mask.dim() != 2:
+        return "a 4D attention mask"
+    if query.shape[2] <= DECODE_MAX_QUERIES and not torch.is_grad_enabled():
+        return "a decode step"
+    return None
+
+
+def fat5_attention(
+    module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    position_bias: torch.Tensor | None = None,
+    relative_attention_bias: torch.Tensor | None = None,
+    relative_attention_num_buckets: int | None = None,
+    relative_attention_max_distance: int | None = None,
+    bidirectional: bool = True,
+    alibi_slopes: torch.Tensor | None = None,
+    alibi_asymmetric: bool = False,
+    query_offset: int | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: (batch, heads, length, head_dim) inputs, (batch, query, heads, head_dim) out.
+
+    The position bias comes as one of: `relative_attention_bias` (T5's (buckets, heads) table, with its bucketing
+    parameters), `alibi_slopes` (heads,) with `alibi_asymmetric`, or a dense `position_bias`. `attention_mask` is the
+    (batch, key) padding mask of the `fat5` mask function (True = attend), or None. Causal attention aligns the last
+    query with the last key (`query_offset` = cached keys). Attention weights are not computed (None is returned).
+    """
+    if query.device != key.device or query.device != value.device:
+        raise ValueError(
+            f"query, key and value are on different devices: {query.device}, {key.device}, {value.device}"
+        )
+    if (
+        attention_mask is not None
+        and attention_mask.dim() == 2
+        and attention_mask.shape != (key.shape[0], key.shape[2])
+    ):
+        raise ValueError(
+            f"The key-padding mask has shape {tuple(attention_mask.shape)}, expected (batch, key length) = "
+            f"{(key.shape[0], key.shape[2])}."
+        )
+    seq_m, seq_n = query.shape[2], key.shape[2]
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
+    scale = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
+    offset = seq_n - seq_m if query_offset is None else int(query_offset)
+    if causal and offset < 0:
+        raise ValueError(f"Causal attention with {seq_m} queries needs at least as many keys, got {seq_n}.")
+
+    max_distance = 0
+    if relative_attention_bias is not None:
+        max_distance = int(relative_attention_max_distance)
+        bias_kind = BIAS_RELATIVE
+        bias = relative_bias_by_distance(
+            relative_attention_bias, int(relative_attention_num_buckets), max_distance, bidirectional
+        )
+    elif alibi_slopes is not None:
+        bias_kind, bias = BIAS_ALIBI, alibi_slopes.float().contiguous()
+    elif position_bias is not None:
+        bias_kind, bias = BIAS_DENSE, position_bias
+    else:
+        bias_kind, bias = BIAS_NONE, None
+
+    refusal = kernel_refusal(query, key, value, attention_mask, dropout)
+    if refusal is not None:
+        full_bias = dense_bias(bias_kind, bias, seq_m, seq_n, offset, max_distance, alibi_asymmetric, query.device)
+        key_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        other_mask = attention_mask if key_mask is None else None
+        out = _sdpa_with_bias(query, key, value, key_mask, other_mask, full_bias, scale, causal, offset, dropout)
+        return out, None
+
+    query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
+    key_mask = None
+    if attention_mask is not None:
+        key_mask = attention_mask.to(torch.bool).contiguous().view(torch.uint8)
+    out, _ = attention_forward_op(
+        query, key, value, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, offset
+    )
+    return out, None
+
+
+__all__ = ["fat5_attention", "relative_bias_by_distance"]

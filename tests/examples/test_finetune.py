@@ -1,0 +1,251 @@
+"""The finetuning example (`examples/finetune.py`) end to end on tiny data: every head, bad input, push_to_hub,
+`accelerate launch`, and the pretraining cache of the demo. Tiny models and a few steps: the file runs in about a
+minute on 2 CPU cores."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import finetune
+import pretrain
+import pytest
+import torch
+
+
+DATA = finetune.DATA_DIR
+TINY = ["--max-steps", "4", "--batch-size", "8", "--max-train-examples", "32", "--max-eval-examples", "12"]
+TINY += ["--reload-check-examples", "8", "--max-length", "128", "--quiet"]
+EXPECTED_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+SUBPROCESS_ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_finetune(*argv):
+    return finetune.main([*map(str, argv), *TINY])
+
+
+@pytest.mark.parametrize("head", ["qa", "seq-cls", "token-cls", "seq2seq"])
+def test_every_head_trains_saves_and_reloads(head, tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    assert run_finetune("--head", head, "--model", tiny_checkpoint, "--output-dir", out) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["before"]) == set(results["after"]) and results["after"]
+    assert results["reload"]["max_abs_diff"] == 0.0
+    expected_class = {
+        "qa": "FlashT5ForQuestionAnswering",
+        "seq-cls": "FlashT5ForSequenceClassification",
+        "token-cls": "FlashT5ForTokenClassification",
+        "seq2seq": "FlashT5ForConditionalGeneration",
+    }[head]
+    assert results["reload"]["reloaded_class"] == expected_class
+    expected = EXPECTED_FILES | ({"generation_config.json"} if head == "seq2seq" else set())
+    assert set(results["saved_files"]) == expected
+    assert set(os.listdir(out)) == {"model", "results.json", "predictions.jsonl"}
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 12
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["architectures"] == [expected_class] and config["model_type"] == "flash_t5"
+    if head in ("seq-cls", "token-cls"):
+        assert set(config["label2id"]) >= ({"town", "person"} if head == "seq-cls" else {"O", "B-PER"})
+    assert not list(tmp_path.glob(".*tmp-*")), "the temporary folder was left behind"
+
+
+def test_seq2seq_uses_seq2seq_trainer_with_generate(tiny_checkpoint, tmp_path):
+    """predict_with_generate: the saved predictions are generated strings."""
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"source": f"copy: word{i}", "target": f"word{i}"} for i in range(10)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    argv = ["--head", "seq2seq", "--model", tiny_checkpoint, "--train-file", data, "--eval-file", data]
+    assert run_finetune(*argv, "--output-dir", out, "--no-reload-check") == 0
+    predictions = [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 10 and all(isinstance(p, str) for p in predictions)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+QA_ROW = {
+    "context": "Ashford lies on the River Sell.",
+    "question": "On which river does Ashford lie?",
+    "answers": {"text": ["Sell"], "answer_start": [26]},
+}
+
+
+@pytest.mark.parametrize(
+    "rows, head, message",
+    [
+        ([{"text": "no question here"}], "qa", "missing column(s)"),
+        ([{**QA_ROW, "answers": {"text": ["Sell"], "answer_start": [3]}}], "qa", "does not lie in its context"),
+        ([{**QA_ROW, "answers": {"text": ["Thames"], "answer_start": [26]}}], "qa", "does not lie in its context"),
+        ([], "qa", "is empty"),
+        ([{"text": "a town"}], "seq-cls", "missing column(s) ['label']"),
+        ([{"tokens": ["a", "b"], "tags": ["O"]}], "token-cls", "same length"),
+        ([{"input": "x"}], "seq2seq", "missing column(s)"),
+    ],
+)
+def test_bad_datasets_fail_cleanly(rows, head, message, tiny_checkpoint, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "run"
+    code = run_finetune("--head", head, "--model", tiny_checkpoint, "--train-file", data, "--output-dir", out)
+    assert code != 0
+    assert message in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["data.jsonl"], "nothing may be written on bad input"
+
+
+def test_bad_checkpoints_fail_cleanly(tiny_checkpoint, tmp_path, capsys):
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    other_kind = tmp_path / "bert"
+    other_kind.mkdir()
+    (other_kind / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
+    for tokenizer_file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_checkpoint / tokenizer_file, other_kind / tokenizer_file)
+    for model, message in ((not_a_model, "no tokenizer"), (other_kind, "not a FAT5")):
+        assert run_finetune("--model", model, "--output-dir", tmp_path / "run") == 2
+        assert message in capsys.readouterr().err
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_checkpoint, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    assert run_finetune("--model", no_weights, "--output-dir", tmp_path / "run") == 2
+    assert "could not load" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".*tmp-*"))
+
+
+def test_existing_output_dir_is_kept_without_overwrite(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert run_finetune("--model", tiny_checkpoint, "--output-dir", out) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert os.listdir(out) == ["keep.txt"]
+
+
+def test_help_explains_the_flags():
+    result = subprocess.run(
+        [sys.executable, str(finetune.EXAMPLES_DIR / "finetune.py"), "--help"],
+        capture_output=True,
+        text=True,
+        env=SUBPROCESS_ENV,
+    )
+    assert result.returncode == 0
+    for flag in ("--head", "--model", "--train-file", "--eval-file", "--max-steps", "--output-dir", "accelerate"):
+        assert flag in result.stdout
+
+
+class LocalHub:
+    """A file-based stand-in for the Hub API calls that transformers' `push_to_hub` makes."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def create_repo(self, repo_id, **kwargs):
+        (self.root / repo_id).mkdir(parents=True, exist_ok=True)
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        for op in operations:
+            target = self.root / repo_id / op.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(op.path_or_fileobj, target)
+        return f"file://{self.root / repo_id}"
+
+
+def test_push_to_hub_uploads_exactly_what_from_pretrained_needs(tiny_checkpoint, tmp_path, monkeypatch):
+    """transformers' own `push_to_hub` (model and tokenizer), against a local stand-in of the Hub."""
+    import huggingface_hub
+    import transformers.utils.hub as transformers_hub
+
+    out = tmp_path / "run"
+    assert run_finetune("--head", "qa", "--model", tiny_checkpoint, "--output-dir", out, "--no-reload-check") == 0
+    hub = LocalHub(tmp_path / "hub")
+    monkeypatch.setattr(transformers_hub, "_hf_api", hub)
+    card = huggingface_hub.ModelCard("---\nlibrary_name: transformers\n---\nA FAT5 QA model.\n")
+    monkeypatch.setattr(transformers_hub, "create_and_tag_model_card", lambda *args, **kwargs: card)
+
+    model = finetune.AUTO_CLASSES["qa"].from_pretrained(out / "model")
+    tokenizer = finetune.AutoTokenizer.from_pretrained(out / "model")
+    model.push_to_hub("someone/fat5-qa")
+    tokenizer.push_to_hub("someone/fat5-qa")
+
+    repo = tmp_path / "hub" / "someone" / "fat5-qa"
+    assert {p.name for p in repo.iterdir()} == EXPECTED_FILES | {"README.md"}
+    assert not list(repo.rglob("*.py")), "no code may be uploaded: the model is native, no trust_remote_code"
+    config = json.loads((repo / "config.json").read_text())
+    assert "auto_map" not in config and config["model_type"] == "flash_t5"
+
+    # A fresh process loads the "hub" folder through the Auto class and gives the same logits.
+    inputs = tokenizer(["Who founded Ashford?"], ["Ashford was founded by Edwin Hale."], return_tensors="pt")
+    with torch.no_grad():
+        expected = model.eval()(**inputs).start_logits
+    torch.save({"inputs": dict(inputs), "expected": expected}, tmp_path / "check.pt")
+    script = (
+        "import sys, torch, fat5\n"
+        "from transformers import AutoModelForQuestionAnswering\n"
+        "saved = torch.load(sys.argv[2])\n"
+        "model = AutoModelForQuestionAnswering.from_pretrained(sys.argv[1]).eval()\n"
+        "got = model(**saved['inputs']).start_logits\n"
+        "# Another process may reduce in another order (thread count): equal to rounding, same argmax.\n"
+        "torch.testing.assert_close(got, saved['expected'], rtol=1e-5, atol=1e-5)\n"
+        "assert torch.equal(got.argmax(-1), saved['expected'].argmax(-1))\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(repo), str(tmp_path / "check.pt")], check=True, env=SUBPROCESS_ENV
+    )
+
+
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_accelerate_launch(num_processes, tiny_checkpoint, tmp_path):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    if not accelerate.exists():
+        pytest.skip("the accelerate CLI is not installed next to this Python")
+    out = tmp_path / "run"
+    command = [str(accelerate), "launch", "--num_processes", str(num_processes), "--cpu", "--num_machines", "1"]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += [str(finetune.EXAMPLES_DIR / "finetune.py"), "--head", "seq-cls", "--model", str(tiny_checkpoint)]
+    command += ["--output-dir", str(out), *TINY]
+    result = subprocess.run(command, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["reload"]["max_abs_diff"] == 0.0
+    assert not list(tmp_path.glob(".*tmp-*"))
+
+
+def test_pretrained_checkpoint_is_cached(tmp_path, monkeypatch):
+    calls = []
+    real_pretrain = pretrain.pretrain
+
+    def counting_pretrain(*args, **kwargs):
+        calls.append(args)
+        return real_pretrain(*args, **{**kwargs, "batch_size": 4})
+
+    monkeypatch.setattr(pretrain, "pretrain", counting_pretrain)
+    first = pretrain.cached_checkpoint(size="tiny", steps=2, cache_dir=tmp_path, quiet=True)
+    second = pretrain.cached_checkpoint(size="tiny", steps=2, cache_dir=tmp_path, quiet=True)
+    assert first == second and len(calls) == 1
+    assert {p.name for p in tmp_path.iterdir()} == {first.name}
+    assert EXPECTED_FILES | {"generation_config.json"} == {p.name for p in first.iterdir()}
+
+
+def test_span_corruption_keeps_every_token():
+    import random
+
+    tokens = list(range(10, 60))
+    sentinels = list(range(100, 132))
+    inputs, targets = pretrain.span_corruption(tokens, sentinels, eos_id=1, rng=random.Random(0))
+    assert inputs[-1] == 1 and targets[-1] == 1
+    rebuilt, spans = [], {}
+    current = None
+    for t in targets[:-1]:
+        if t in sentinels:
+            current = t
+            spans[t] = []
+        else:
+            spans[current].append(t)
+    for t in inputs[:-1]:
+        rebuilt += spans[t] if t in sentinels else [t]
+    assert rebuilt == tokens

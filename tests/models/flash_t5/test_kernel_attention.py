@@ -1,0 +1,241 @@
+"""The `fat5` Triton attention against an fp64 reference: outputs and every gradient (q, k, v, the T5 bucket table, a
+dense bias) for each position encoding, padding, causal masks with cached keys, cross-attention and ragged sizes.
+
+Runs on CPU through Triton's interpreter (set below when there is no CUDA), on the GPU as is; the GPU run adds real
+sizes in bf16.
+"""
+
+import os
+
+import pytest
+import torch
+
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton", reason="the fat5 attention kernels need Triton")
+
+from fat5.models.flash_t5.kernels import attention as A  # noqa: E402
+from fat5.models.flash_t5.modeling_flash_t5 import alibi_slopes, relative_position_bucket  # noqa: E402
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Module(torch.nn.Module):
+    is_causal = False
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Every float tensor made by torch.empty starts as NaN: an element a kernel leaves unwritten fails the test."""
+    empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        tensor = empty(*args, **kwargs)
+        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+def reference_attention(q, k, v, scale, bias=None, key_mask=None, causal=False, offset=0, blocked=None):
+    """fp64 softmax attention with an additive bias; rows with no key to attend to give zeros."""
+    q, k, v = q.double(), k.double(), v.double()
+    scores = q @ k.transpose(-1, -2) * scale
+    if bias is not None:
+        scores = scores + bias.double()
+    seq_m, seq_n = q.shape[2], k.shape[2]
+    allowed = torch.ones(1, 1, seq_m, seq_n, dtype=torch.bool, device=q.device)
+    relative = torch.arange(seq_n, device=q.device)[None, :] - torch.arange(seq_m, device=q.device)[:, None] - offset
+    if causal:
+        allowed = allowed & (relative <= 0)
+    if blocked is not None:
+        allowed = allowed & ~blocked
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :]
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, -1).nan_to_num(0.0)
+    return (probs @ v).transpose(1, 2)
+
+
+def t5_dense_bias(table, seq_m, seq_n, offset, bidirectional, num_buckets, max_distance):
+    relative = torch.arange(seq_n)[None, :] - torch.arange(seq_m)[:, None] - offset
+    buckets = relative_position_bucket(relative, bidirectional, num_buckets, max_distance).to(table.device)
+    return table[buckets].permute(2, 0, 1).unsqueeze(0)
+
+
+def inputs(batch, heads, seq_m, seq_n, head_dim, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(batch, seq_m, heads, head_dim), (batch, seq_n, heads, head_dim), (batch, seq_n, heads, head_dim)]
+    # transformers' layout: (batch, heads, length, head_dim) views of (batch, length, heads, head_dim) tensors.
+    tensors = [torch.randn(shape, generator=generator).to(DEVICE, dtype).transpose(1, 2) for shape in shapes]
+    return [t.detach().requires_grad_() for t in tensors]
+
+
+def padding_mask(batch, seq_n, lengths):
+    mask = torch.zeros(batch, seq_n, dtype=torch.bool, device=DEVICE)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = True
+    return mask
+
+
+def relative_error(actual, expected):
+    actual, expected = actual.double(), expected.double()
+    assert torch.isfinite(actual).all(), "non-finite values (an element left unwritten?)"
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-12)).item()
+
+
+def check(actual_outputs, expected_outputs, tolerance):
+    for name, actual, expected in zip(("out", "dq", "dk", "dv", "dbias"), actual_outputs, expected_outputs):
+        assert actual.shape == expected.shape, name
+        assert relative_error(actual, expected) < tolerance, f"{name}: {relative_error(actual, expected):.2e}"
+
+
+def run_both(kernel_kwargs, reference_kwargs, q, k, v, scale, bias_leaf=None, reference_bias=None, mask=None):
+    out, weights = A.fat5_attention(Module(), q, k, v, mask, scaling=scale, **kernel_kwargs)
+    assert weights is None
+    grad = torch.randn_like(out)
+    leaves = [q, k, v] + ([bias_leaf] if bias_leaf is not None else [])
+    kernel_grads = torch.autograd.grad(out, leaves, grad)
+    reference_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    bias_leaf64 = reference_leaves[3] if bias_leaf is not None else None
+    bias = reference_bias(bias_leaf64) if reference_bias is not None else None
+    expected = reference_attention(*reference_leaves[:3], scale, bias=bias, key_mask=mask, **reference_kwargs)
+    expected_grads = torch.autograd.grad(expected, reference_leaves, grad.double())
+    return [out, *kernel_grads], [expected, *expected_grads]
+
+
+@pytest.mark.parametrize(
+    "seq_m,seq_n,bidirectional,lengths",
+    [(37, 37, True, None), (37, 37, True, (37, 21)), (45, 45, False, (45, 30)), (20, 45, False, None)],
+    ids=["encoder", "encoder-padded", "decoder-padded", "decoder-cached-keys"],
+)
+def test_t5_relative_bias(poison, seq_m, seq_n, bidirectional, lengths):
+    num_buckets, max_distance, heads = 8, 12, 3
+    q, k, v = inputs(2, heads, seq_m, seq_n, 32, torch.float32)
+    table = torch.randn(num_buckets, heads, device=DEVICE).requires_grad_()
+    mask = padding_mask(2, seq_n, lengths) if lengths else None
+    causal, offset = not bidirectional, seq_n - seq_m
+    kernel_kwargs = {
+        "relative_attention_bias": table,
+        "relative_attention_num_buckets": num_buckets,
+        "relative_attention_max_distance": max_distance,
+        "bidirectional": bidirectional,
+        "is_causal": causal,
+        "query_offset": offset,
+    }
+
+    def reference_bias(table64):
+        return t5_dense_bias(table64, seq_m, seq_n, offset, bidirectional, num_buckets, max_distance)
+
+    actual, expected = run_both(
+        kernel_kwargs, {"causal": causal, "offset": offset}, q, k, v, 1.0, table, reference_bias, mask
+    )
+    check(actual, expected, 1e-5)
+
+
+@pytest.mark.parametrize("asymmetric", [False, True], ids=["symmetric", "asymmetric"])
+def test_alibi(poison, asymmetric):
+    heads, seq = 4, 35
+    q, k, v = inputs(2, heads, seq, seq, 16, torch.float32, seed=1)
+    slopes = torch.tensor(alibi_slopes(heads // 2 if asymmetric else heads), device=DEVICE)
+    slopes = slopes.repeat(2) if asymmetric else slopes
+    mask = padding_mask(2, seq, (35, 17))
+    relative = torch.arange(seq, device=DEVICE)[None, :] - torch.arange(seq, device=DEVICE)[:, None]
+    bias = -slopes[:, None, None].double() * relative.abs()
+    blocked = None
+    if asymmetric:
+        blocked = torch.cat([(relative > 0).expand(2, -1, -1), (relative < 0).expand(2, -1, -1)])
+    kernel_kwargs = {"alibi_slopes": slopes, "alibi_asymmetric": asymmetric}
+    actual, expected = run_both(kernel_kwargs, {"blocked": blocked}, q, k, v, 0.25, None, lambda _: bias, mask)
+    check(actual, expected, 1e-5)
+
+
+def test_dense_bias_and_its_gradient(poison):
+    heads, seq = 2, 33
+    q, k, v = inputs(2, heads, seq, seq, 24, torch.float32, seed=2)
+    bias = torch.randn(1, heads, seq, seq, device=DEVICE).requires_grad_()
+    mask = padding_mask(2, seq, (33, 9))
+    expanded = bias.expand(2, -1, -1, -1)
+    out, _ = A.fat5_attention(Module(), q, k, v, mask, scaling=1.0, position_bias=expanded)
+    grad = torch.randn_like(out)
+    actual = [out, *torch.autograd.grad(out, [q, k, v, bias], grad)]
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v, bias)]
+    expected = reference_attention(*leaves[:3], 1.0, bias=leaves[3], key_mask=mask)
+    check(actual, [expected, *torch.autograd.grad(expected, leaves, grad.double())], 1e-5)
+
+
+def test_cross_attention_without_bias(poison):
+    q, k, v = inputs(2, 2, 19, 40, 32, torch.float32, seed=3)
+    mask = padding_mask(2, 40, (40, 26))
+    actual, expected = run_both({}, {}, q, k, v, 1.0, mask=mask)
+    check(actual, expected, 1e-5)
+
+
+def test_all_keys_masked_gives_zeros(poison):
+    q, k, v = inputs(2, 2, 17, 17, 16, torch.float32, seed=4)
+    mask = padding_mask(2, 17, (17, 0))
+    out, _ = A.fat5_attention(Module(), q, k, v, mask, scaling=1.0)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    (dq, dk, dv) = torch.autograd.grad(out.sum(), [q, k, v])
+    assert torch.equal(dq[1], torch.zeros_like(dq[1])) and torch.isfinite(dk).all() and torch.isfinite(dv).all()
+
+
+HALF_DTYPES = [torch.float16] + ([torch.bfloat16] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_precision_within_sdpa_error(poison, dtype):
+    """Half-precision kernel error against fp64 is of the order of SDPA's own error on the same inputs (bf16 on GPU
+    only: the CPU interpreter cannot multiply bf16, and the kernel refuses it there)."""
+    heads, seq, num_buckets, max_distance = 2, 40, 8, 12
+    q, k, v = inputs(2, heads, seq, seq, 32, dtype, seed=5)
+    table = torch.randn(num_buckets, heads, device=DEVICE)
+    kernel_kwargs = {
+        "relative_attention_bias": table,
+        "relative_attention_num_buckets": num_buckets,
+        "relative_attention_max_distance": max_distance,
+    }
+    out, _ = A.fat5_attention(Module(), q, k, v, None, scaling=1.0, **kernel_kwargs)
+    bias = t5_dense_bias(table.double(), seq, seq, 0, True, num_buckets, max_distance)
+    expected = reference_attention(q, k, v, 1.0, bias=bias)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)
+    sdpa_error = relative_error(sdpa.transpose(1, 2), expected)
+    assert relative_error(out, expected) < 2 * sdpa_error + 1e-3
+
+
+def test_decode_step_takes_sdpa_with_the_same_result():
+    """A few queries against cached keys, no gradient: the SDPA route, equal to the kernel's answer."""
+    num_buckets, max_distance = 8, 12
+    q, k, v = inputs(1, 2, 3, 30, 16, torch.float32, seed=6)
+    table = torch.randn(num_buckets, 2, device=DEVICE)
+    kwargs = {
+        "relative_attention_bias": table,
+        "relative_attention_num_buckets": num_buckets,
+        "relative_attention_max_distance": max_distance,
+        "bidirectional": False,
+        "is_causal": True,
+    }
+    assert A.kernel_refusal(q, k, v, None, 0.0) is None  # gradients enabled: the kernel
+    with torch.no_grad():
+        assert A.kernel_refusal(q, k, v, None, 0.0) == "a decode step"
+        decoded, _ = A.fat5_attention(Module(), q, k, v, None, scaling=1.0, **kwargs)
+    kernel, _ = A.fat5_attention(Module(), q, k, v, None, scaling=1.0, **kwargs)
+    torch.testing.assert_close(decoded, kernel.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs_are_clear_errors():
+    q, k, v = inputs(2, 2, 20, 20, 16, torch.float32)
+    with pytest.raises(ValueError, match="key-padding mask has shape"):
+        A.fat5_attention(Module(), q, k, v, torch.ones(2, 7, dtype=torch.bool, device=DEVICE))
+    with pytest.raises(ValueError, match="needs at least as many keys"):
+        A.fat5_attention(Module(), q, k[:, :, :5], v[:, :, :5], None, is_causal=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU interpreter's refusal of bf16")
+def test_bf16_under_the_interpreter_takes_sdpa():
+    q, k, v = inputs(1, 2, 20, 20, 16, torch.bfloat16)
+    assert A.kernel_refusal(q, k, v, None, 0.0) == "bf16 under Triton's CPU interpreter"
+    out, _ = A.fat5_attention(Module(), q, k, v, None, scaling=1.0)
+    assert relative_error(out, reference_attention(q, k, v, 1.0)) < 1e-2
