@@ -34,7 +34,7 @@ from .models.flash_t5 import (  # noqa: E402
     FlashT5PreTrainedModel,
 )
 from .models.flash_t5.checkpoint_conversion import register_legacy_checkpoint_conversion  # noqa: E402
-from .models.flash_t5.kernels import register_fat5_attention  # noqa: E402
+from .models.flash_t5.kernels import kernelize, register_fat5_attention  # noqa: E402
 
 
 __version__ = "0.1.0"
@@ -64,4 +64,5 @@ __all__ = [
     "FlashT5ForTokenClassification",
     "FlashT5Model",
     "FlashT5PreTrainedModel",
+    "kernelize",
 ]

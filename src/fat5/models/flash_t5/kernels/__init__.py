@@ -53,6 +53,40 @@ def fat5_attention_mask(
     return attention_mask
 
 
+def kernelize(model):
+    """Swap FAT5's Triton RMSNorm (every `FlashT5LayerNorm`) and Triton LM loss into `model`, in place; returns it.
+
+    The state dict does not change (the fused norms share the parameters). The fused layers fall back to the eager
+    formulas on tensors the kernels do not serve (CPU without `TRITON_INTERPRET=1`), so a kernelized model still runs
+    everywhere. Attention is chosen separately, with `attn_implementation="fat5"`.
+    """
+    if not is_triton_available():
+        raise ImportError("fat5.kernelize needs Triton (`pip install triton`).")
+    from .cross_entropy import cross_entropy
+    from .rms_norm import FusedT5RMSNorm
+
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child).__name__ == "FlashT5LayerNorm":
+                fused = FusedT5RMSNorm(child.weight.shape[0], eps=child.variance_epsilon)
+                fused.weight = child.weight
+                setattr(parent, name, fused)
+    if hasattr(model, "lm_loss"):
+        config = model.config
+
+        def fused_lm_loss(logits, labels):
+            return cross_entropy(
+                logits,
+                labels.to(logits.device),
+                ignore_index=-100,
+                label_smoothing=config.label_smoothing,
+                z_loss=config.z_loss,
+            )
+
+        model.lm_loss = fused_lm_loss
+    return model
+
+
 def register_fat5_attention():
     AttentionInterface.register(ATTENTION_NAME, fat5_attention_forward)
     AttentionMaskInterface.register(ATTENTION_NAME, fat5_attention_mask)
@@ -62,6 +96,7 @@ __all__ = [
     "ATTENTION_NAME",
     "fat5_attention_forward",
     "fat5_attention_mask",
+    "kernelize",
     "is_triton_available",
     "kernels_can_run",
     "register_fat5_attention",

@@ -57,18 +57,35 @@ class KernelConfig:
     num_stages: int
 
 
-def kernel_configs(head_dim: int) -> dict[str, KernelConfig]:
+def kernel_configs(head_dim: int, dtype: torch.dtype) -> dict[str, KernelConfig]:
     """Tile sizes of the forward, the key/value-gradient and the query-gradient kernels."""
     if interpreting():
         # Small tiles on CPU so that tests of a few dozen tokens cover several tiles and ragged ends.
         small = KernelConfig(16, 16, 1, 1)
         return {"forward": small, "backward_kv": small, "backward_q": small}
-    wide = head_dim > 64
-    return {
-        "forward": KernelConfig(128, 64 if wide else 128, 8, 3 if wide else 3),
-        "backward_kv": KernelConfig(32, 128, 8 if wide else 4, 3),
-        "backward_q": KernelConfig(128, 32, 8 if wide else 4, 3),
-    }
+    if dtype == torch.float32:
+        # fp32 tiles take twice the shared memory of half ones: the half-precision tiles would not fit.
+        return {
+            "forward": KernelConfig(64, 32, 4, 2),
+            "backward_kv": KernelConfig(32, 64, 4, 2),
+            "backward_q": KernelConfig(64, 32, 4, 2),
+        }
+    return dict(TUNED_CONFIGS["wide" if head_dim > 64 else "narrow"])
+
+
+# Measured on an H100 with benchmarks/bench_attention.py --sweep (bf16, B*N = 32768, H = 12).
+TUNED_CONFIGS = {
+    "narrow": {
+        "forward": KernelConfig(64, 64, 4, 3),
+        "backward_kv": KernelConfig(64, 64, 4, 3),
+        "backward_q": KernelConfig(64, 32, 4, 3),
+    },
+    "wide": {
+        "forward": KernelConfig(128, 64, 8, 3),
+        "backward_kv": KernelConfig(32, 64, 4, 3),
+        "backward_q": KernelConfig(128, 64, 8, 3),
+    },
+}
 
 
 @triton.jit
@@ -86,6 +103,7 @@ def _scores(
     qk_scale,
     query_offset,
     max_distance,
+    far_bias,
     key_mask_ptr,
     stride_mask_b,
     bias_ptr,
@@ -96,52 +114,133 @@ def _scores(
     seq_m,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    FAST: tl.constexpr,
     BIAS_KIND: tl.constexpr,
     ALIBI_ASYMMETRIC: tl.constexpr,
     CAUSAL: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """The tile's scores in the log2 domain (natural-log scores times log2(e)), masked keys at -inf."""
+    """The tile's scores in the log2 domain (natural-log scores times log2(e)), masked keys at -inf.
+
+    A FAST tile lies inside both sequences and wholly on one side of the causal diagonal, and for the T5 bias wholly
+    beyond max_distance, where its bias is the single value `far_bias` (log2 domain): no bounds, causal or relative
+    position arithmetic per score.
+    """
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-    relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
     if BIAS_KIND == 1:
-        width = 2 * max_distance + 1
-        row = bias_ptr + head * width
-        relative_min = start_n - (start_m + BLOCK_M - 1 + query_offset)
-        relative_max = start_n + BLOCK_N - 1 - (start_m + query_offset)
-        if (relative_min >= max_distance) | (relative_max <= -max_distance):
-            # Every score of the tile is beyond max_distance on the same side: one bias value for the whole tile.
-            far_index = tl.where(relative_min >= max_distance, width - 1, 0)
-            s += tl.load(row + far_index) * 1.4426950408889634
+        if FAST:
+            s += far_bias
         else:
+            relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
             index = tl.minimum(tl.maximum(relative, -max_distance), max_distance) + max_distance
-            s += tl.load(row + index) * 1.4426950408889634
-    elif BIAS_KIND == 2:
+            s += tl.load(bias_ptr + head * (2 * max_distance + 1) + index) * 1.4426950408889634
+    if BIAS_KIND == 2:
+        relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
         slope = tl.load(bias_ptr + head)
         s -= slope * tl.abs(relative).to(tl.float32) * 1.4426950408889634
-    elif BIAS_KIND == 3:
-        bias_mask = (offs_m[:, None] < seq_m) & (offs_n[None, :] < seq_n)
-        bias = tl.load(
+    if BIAS_KIND == 3:
+        bias_ptrs = (
             bias_ptr
             + batch * stride_bias_b
             + head * stride_bias_h
             + offs_m[:, None] * stride_bias_m
-            + offs_n[None, :] * stride_bias_n,
-            mask=bias_mask,
-            other=0.0,
+            + offs_n[None, :] * stride_bias_n
         )
+        if FAST:
+            bias = tl.load(bias_ptrs)
+        else:
+            bias = tl.load(bias_ptrs, mask=(offs_m[:, None] < seq_m) & (offs_n[None, :] < seq_n), other=0.0)
         s += bias.to(tl.float32) * 1.4426950408889634
-    valid = offs_n[None, :] < seq_n
-    if CAUSAL:
-        valid = valid & (relative <= 0)
+    if not FAST:
+        relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
+        valid = offs_n[None, :] < seq_n
+        if CAUSAL:
+            valid = valid & (relative <= 0)
+        s = tl.where(valid, s, float("-inf"))
     if ALIBI_ASYMMETRIC:
+        relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
         backwards_only = head < num_heads // 2
-        valid = valid & tl.where(backwards_only, relative <= 0, relative >= 0)
+        s = tl.where(tl.where(backwards_only, relative <= 0, relative >= 0), s, float("-inf"))
     if HAS_KEY_MASK:
         keep = tl.load(key_mask_ptr + batch * stride_mask_b + offs_n, mask=offs_n < seq_n, other=0)
-        valid = valid & (keep != 0)[None, :]
-    return tl.where(valid, s, float("-inf"))
+        s = tl.where((keep != 0)[None, :], s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _key_ranges(
+    start_m,
+    seq_n,
+    query_offset,
+    max_distance,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BIAS_KIND: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
+    """Split a query block's keys into [0, a) fast | [a, b) general | [b, c) fast | [c, end) general.
+
+    The first fast range is beyond max_distance before the queries (T5: bias index 0) or, for other biases, every
+    whole tile below the causal diagonal; the second is beyond max_distance after them (T5: the last index).
+    """
+    full_n = seq_n // BLOCK_N * BLOCK_N
+    end = seq_n
+    if CAUSAL:
+        end = tl.minimum(seq_n, start_m + BLOCK_M + query_offset)
+    if BIAS_KIND == 1:
+        fast_before = tl.maximum(start_m + query_offset - max_distance + 1, 0) // BLOCK_N * BLOCK_N
+    elif CAUSAL:
+        fast_before = tl.maximum(start_m + query_offset + 1, 0) // BLOCK_N * BLOCK_N
+    else:
+        fast_before = full_n
+    fast_before = tl.minimum(tl.minimum(fast_before, full_n), end)
+    if CAUSAL:
+        general_end = end
+        fast_after = end
+    elif BIAS_KIND == 1:
+        after_start = tl.cdiv(tl.maximum(start_m + BLOCK_M - 1 + query_offset + max_distance, 0), BLOCK_N) * BLOCK_N
+        general_end = tl.minimum(tl.maximum(after_start, fast_before), full_n)
+        fast_after = full_n
+    else:
+        general_end = fast_before
+        fast_after = fast_before
+    return fast_before, general_end, fast_after, end
+
+
+@triton.jit
+def _forward_range(
+    acc, l_i, m_i, q, k_base, v_base, lo, hi, far_bias, offs_m, offs_d, offs_n_block, start_m, batch, head,
+    num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK, stride_mask_b,
+    BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAST: tl.constexpr,
+    BIAS_KIND: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    d_ok = offs_d[None, :] < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n_block
+        if FAST:
+            kv_mask = d_ok
+        else:
+            kv_mask = (offs_n[:, None] < seq_n) & d_ok
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = _scores(
+            q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
+            max_distance, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
+            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK,
+            PRECISION,
+        )  # fmt: skip
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row with no unmasked key yet keeps m = -inf; subtract 0 there so that exp2 gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @triton.jit
@@ -204,27 +303,38 @@ def _forward_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    end_n = seq_n
-    if CAUSAL:
-        end_n = tl.minimum(seq_n, start_m + BLOCK_M + query_offset)
-    for start_n in range(0, end_n, BLOCK_N):
-        offs_n = start_n + offs_n_block
-        kv_mask = (offs_n[:, None] < seq_n) & d_ok
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = _scores(
-            q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
-            max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
-            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-        )  # fmt: skip
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row with no unmasked key yet keeps m = -inf; subtract 0 there so that exp2 gives 0, not NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+    fast_before, general_end, fast_after, end = _key_ranges(
+        start_m, seq_n, query_offset, max_distance, BLOCK_M, BLOCK_N, BIAS_KIND, CAUSAL
+    )
+    bias_before = 0.0
+    bias_after = 0.0
+    if BIAS_KIND == 1:
+        bias_before = tl.load(BIAS + head * (2 * max_distance + 1)) * 1.4426950408889634
+        bias_after = tl.load(BIAS + head * (2 * max_distance + 1) + 2 * max_distance) * 1.4426950408889634
+    acc, l_i, m_i = _forward_range(
+        acc, l_i, m_i, q, k_base, v_base, 0, fast_before, bias_before, offs_m, offs_d, offs_n_block, start_m, batch,
+        head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+        HEAD_DIM, BLOCK_M, BLOCK_N, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+    )  # fmt: skip
+    acc, l_i, m_i = _forward_range(
+        acc, l_i, m_i, q, k_base, v_base, fast_before, general_end, 0.0, offs_m, offs_d, offs_n_block, start_m, batch,
+        head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+        HEAD_DIM, BLOCK_M, BLOCK_N, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+    )  # fmt: skip
+    acc, l_i, m_i = _forward_range(
+        acc, l_i, m_i, q, k_base, v_base, general_end, fast_after, bias_after, offs_m, offs_d, offs_n_block, start_m,
+        batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+        HEAD_DIM, BLOCK_M, BLOCK_N, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+    )  # fmt: skip
+    acc, l_i, m_i = _forward_range(
+        acc, l_i, m_i, q, k_base, v_base, fast_after, end, 0.0, offs_m, offs_d, offs_n_block, start_m, batch,
+        head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+        HEAD_DIM, BLOCK_M, BLOCK_N, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+    )  # fmt: skip
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -265,6 +375,130 @@ def _backward_delta_kernel(
     )
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + batch_head * seq_m + offs_m, delta, mask=offs_m < seq_m)
+
+
+@triton.jit
+def _query_ranges(
+    start_n,
+    seq_m,
+    seq_n,
+    query_offset,
+    max_distance,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BIAS_KIND: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
+    """Split a key block's queries into [lo, a) fast | [a, b) general | [b, c) fast | [c, seq_m) general.
+
+    The first fast range holds queries beyond max_distance before the keys (T5, bidirectional: bias index last); the
+    second, queries beyond max_distance after them (T5: index 0) or, for other biases, every whole tile past the causal
+    diagonal. Under a causal mask, query blocks wholly before the keys are skipped (lo).
+    """
+    full_m = seq_m // BLOCK_M * BLOCK_M
+    lo = 0
+    if CAUSAL:
+        lo = tl.maximum(start_n - query_offset, 0) // BLOCK_M * BLOCK_M
+    fast_after_end = lo
+    if BIAS_KIND == 1:
+        if not CAUSAL:
+            fast_after_end = tl.minimum(
+                tl.maximum(start_n - query_offset - max_distance + 1, 0) // BLOCK_M * BLOCK_M, full_m
+            )
+        first_far_before = (
+            tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - query_offset + max_distance, 0), BLOCK_M) * BLOCK_M
+        )
+        general_end = tl.minimum(tl.maximum(first_far_before, fast_after_end), full_m)
+    elif CAUSAL:
+        first_past_diagonal = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - query_offset, 0), BLOCK_M) * BLOCK_M
+        general_end = tl.minimum(tl.maximum(first_past_diagonal, fast_after_end), full_m)
+    else:
+        general_end = fast_after_end
+    general_end = tl.maximum(general_end, lo)
+    fast_before_end = tl.maximum(full_m, general_end)
+    if start_n + BLOCK_N > seq_n:
+        # A ragged key block needs its bounds mask in every tile.
+        fast_after_end = lo
+        general_end = lo
+        fast_before_end = lo
+    return lo, fast_after_end, general_end, fast_before_end
+
+
+@triton.jit
+def _backward_kv_range(
+    dk, dv, far_before, far_after, k, v, q_base, do_base, lo, hi, far_bias, offs_n, offs_d, offs_m_block, start_n,
+    batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom, qk_scale, query_offset, max_distance,
+    LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, DBIAS,
+    stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row, tile_buffer,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DIAGONALS: tl.constexpr,
+    FAST: tl.constexpr, FAR_AFTER: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr,
+    ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    d_ok = offs_d[None, :] < HEAD_DIM
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_m_block
+        row_ok = offs_m < seq_m
+        if FAST:
+            q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=d_ok, other=0.0)
+            do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=d_ok, other=0.0)
+            lse = tl.load(LSE + batch_head * seq_m + offs_m)
+            delta = tl.load(DELTA + batch_head * seq_m + offs_m)
+        else:
+            q_mask = row_ok[:, None] & d_ok
+            q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=q_mask, other=0.0)
+            do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=q_mask, other=0.0)
+            lse = tl.load(LSE + batch_head * seq_m + offs_m, mask=row_ok, other=float("inf"))
+            delta = tl.load(DELTA + batch_head * seq_m + offs_m, mask=row_ok, other=0.0)
+        s = _scores(
+            q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
+            max_distance, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
+            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK,
+            PRECISION,
+        )  # fmt: skip
+        p = tl.exp2(s - lse[:, None])
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        # Gradient of the natural-domain scores (scale * q.k + bias): also the gradient of the bias.
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+        if BIAS_GRAD:
+            if BIAS_KIND == 3:
+                dbias_ptrs = (
+                    DBIAS
+                    + batch * stride_dbias_b
+                    + head * stride_dbias_h
+                    + offs_m[:, None] * stride_dbias_m
+                    + offs_n[None, :]
+                )
+                tl.store(dbias_ptrs, ds.to(DBIAS.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < seq_n))
+            if BIAS_KIND == 1:
+                if FAST:
+                    if FAR_AFTER:
+                        far_after += tl.sum(ds)
+                    else:
+                        far_before += tl.sum(ds)
+                else:
+                    # Sum the tile's diagonals: write it out, read it back skewed (row i shifted left by i), sum the
+                    # columns. Diagonal t holds the scores of relative position start_n - start_m - offset + t - (BLOCK_M - 1).
+                    rows = tl.arange(0, BLOCK_M)
+                    tl.store(tile_buffer + rows[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :], ds)
+                    tl.debug_barrier()
+                    diagonals = tl.arange(0, BLOCK_DIAGONALS)
+                    columns = rows[:, None] + diagonals[None, :] - (BLOCK_M - 1)
+                    skewed = tl.load(
+                        tile_buffer + rows[:, None] * BLOCK_N + columns,
+                        mask=(columns >= 0) & (columns < BLOCK_N),
+                        other=0.0,
+                    )
+                    tl.debug_barrier()
+                    diagonal_sums = tl.sum(skewed, 0)
+                    relative = start_n - start_m - query_offset - (BLOCK_M - 1) + diagonals
+                    in_range = diagonals < BLOCK_M + BLOCK_N - 1
+                    far_after += tl.sum(tl.where(in_range & (relative >= max_distance), diagonal_sums, 0.0))
+                    far_before += tl.sum(tl.where(in_range & (relative <= -max_distance), diagonal_sums, 0.0))
+                    near = in_range & (relative > -max_distance) & (relative < max_distance)
+                    tl.atomic_add(relative_grad_row + relative + max_distance, diagonal_sums, mask=near)
+    return dk, dv, far_before, far_after
 
 
 @triton.jit
@@ -353,66 +587,47 @@ def _backward_kv_kernel(
     # Per-program tile buffer through which a tile's diagonals are read (the relative-position sums).
     tile_buffer = SCRATCH + tl.num_programs(0) * tl.num_programs(1) * relative_width
     tile_buffer += (batch_head * tl.num_programs(0) + block_n) * BLOCK_M * BLOCK_N
+    bias_before = 0.0
+    bias_after = 0.0
+    if BIAS_KIND == 1:
+        bias_before = tl.load(BIAS + head * relative_width) * 1.4426950408889634
+        bias_after = tl.load(BIAS + head * relative_width + 2 * max_distance) * 1.4426950408889634
 
-    start_m_first = 0
-    if CAUSAL:
-        start_m_first = tl.maximum(start_n - query_offset, 0) // BLOCK_M * BLOCK_M
-    for start_m in range(start_m_first, seq_m, BLOCK_M):
-        offs_m = start_m + offs_m_block
-        row_ok = offs_m < seq_m
-        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
-        lse = tl.load(LSE + batch_head * seq_m + offs_m, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + batch_head * seq_m + offs_m, mask=row_ok, other=0.0)
-        s = _scores(
-            q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
-            max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
-            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-        )  # fmt: skip
-        p = tl.exp2(s - lse[:, None])
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        # Gradient of the natural-domain scores (scale * q.k + bias): also the gradient of the bias.
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-        if BIAS_GRAD:
-            if BIAS_KIND == 3:
-                dbias_ptrs = (
-                    DBIAS
-                    + batch * stride_dbias_b
-                    + head * stride_dbias_h
-                    + offs_m[:, None] * stride_dbias_m
-                    + offs_n[None, :]
-                )
-                tl.store(dbias_ptrs, ds.to(DBIAS.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < seq_n))
-            if BIAS_KIND == 1:
-                relative_min = start_n - (start_m + BLOCK_M - 1 + query_offset)
-                relative_max = start_n + BLOCK_N - 1 - (start_m + query_offset)
-                if relative_min >= max_distance:
-                    far_after += tl.sum(ds)
-                elif relative_max <= -max_distance:
-                    far_before += tl.sum(ds)
-                else:
-                    # Sum the tile's diagonals: write it out, read it back skewed (row i shifted left by i), sum
-                    # the columns. Diagonal t holds the scores of relative position start_n - start_m - offset + t.
-                    rows = tl.arange(0, BLOCK_M)
-                    tl.store(tile_buffer + rows[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :], ds)
-                    tl.debug_barrier()
-                    diagonals = tl.arange(0, BLOCK_DIAGONALS)
-                    columns = rows[:, None] + diagonals[None, :] - (BLOCK_M - 1)
-                    skewed = tl.load(
-                        tile_buffer + rows[:, None] * BLOCK_N + columns,
-                        mask=(columns >= 0) & (columns < BLOCK_N),
-                        other=0.0,
-                    )
-                    tl.debug_barrier()
-                    diagonal_sums = tl.sum(skewed, 0)
-                    relative = start_n - start_m - query_offset - (BLOCK_M - 1) + diagonals
-                    in_range = diagonals < BLOCK_M + BLOCK_N - 1
-                    far_after += tl.sum(tl.where(in_range & (relative >= max_distance), diagonal_sums, 0.0))
-                    far_before += tl.sum(tl.where(in_range & (relative <= -max_distance), diagonal_sums, 0.0))
-                    near = in_range & (relative > -max_distance) & (relative < max_distance)
-                    tl.atomic_add(relative_grad_row + relative + max_distance, diagonal_sums, mask=near)
+    lo, fast_after_end, general_end, fast_before_end = _query_ranges(
+        start_n, seq_m, seq_n, query_offset, max_distance, BLOCK_M, BLOCK_N, BIAS_KIND, CAUSAL
+    )
+    dk, dv, far_before, far_after = _backward_kv_range(
+        dk, dv, far_before, far_after, k, v, q_base, do_base, lo, fast_after_end, bias_after, offs_n, offs_d,
+        offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom, qk_scale,
+        query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h,
+        stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row,
+        tile_buffer, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DIAGONALS, True, True, BIAS_KIND, BIAS_GRAD, ALIBI_ASYMMETRIC,
+        CAUSAL, HAS_KEY_MASK, PRECISION,
+    )  # fmt: skip
+    dk, dv, far_before, far_after = _backward_kv_range(
+        dk, dv, far_before, far_after, k, v, q_base, do_base, fast_after_end, general_end, 0.0, offs_n, offs_d,
+        offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom, qk_scale,
+        query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h,
+        stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row,
+        tile_buffer, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DIAGONALS, False, False, BIAS_KIND, BIAS_GRAD,
+        ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+    )  # fmt: skip
+    dk, dv, far_before, far_after = _backward_kv_range(
+        dk, dv, far_before, far_after, k, v, q_base, do_base, general_end, fast_before_end, bias_before, offs_n,
+        offs_d, offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom,
+        qk_scale, query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
+        stride_bias_h, stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h, stride_dbias_m,
+        relative_grad_row, tile_buffer, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DIAGONALS, True, False, BIAS_KIND,
+        BIAS_GRAD, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+    )  # fmt: skip
+    dk, dv, far_before, far_after = _backward_kv_range(
+        dk, dv, far_before, far_after, k, v, q_base, do_base, fast_before_end, seq_m, 0.0, offs_n, offs_d,
+        offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom, qk_scale,
+        query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h,
+        stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row,
+        tile_buffer, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DIAGONALS, False, False, BIAS_KIND, BIAS_GRAD,
+        ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+    )  # fmt: skip
 
     if BIAS_GRAD:
         if BIAS_KIND == 1:
@@ -423,6 +638,37 @@ def _backward_kv_kernel(
     tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
     dv_ptrs = DV + batch * stride_dvb + head * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _backward_q_range(
+    dq, q, do, lse, delta, k_base, v_base, lo, hi, far_bias, offs_m, offs_d, offs_n_block, start_m, batch, head,
+    num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK, stride_mask_b,
+    BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAST: tl.constexpr,
+    BIAS_KIND: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    d_ok = offs_d[None, :] < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n_block
+        if FAST:
+            kv_mask = d_ok
+        else:
+            kv_mask = (offs_n[:, None] < seq_n) & d_ok
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = _scores(
+            q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
+            max_distance, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
+            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK,
+            PRECISION,
+        )  # fmt: skip
+        p = tl.exp2(s - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    return dq
 
 
 @triton.jit
@@ -499,24 +745,39 @@ def _backward_q_kernel(
     k_base = K + batch * stride_kb + head * stride_kh
     v_base = V + batch * stride_vb + head * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    bias_before = 0.0
+    bias_after = 0.0
+    if BIAS_KIND == 1:
+        bias_before = tl.load(BIAS + head * (2 * max_distance + 1)) * 1.4426950408889634
+        bias_after = tl.load(BIAS + head * (2 * max_distance + 1) + 2 * max_distance) * 1.4426950408889634
 
-    end_n = seq_n
-    if CAUSAL:
-        end_n = tl.minimum(seq_n, start_m + BLOCK_M + query_offset)
-    for start_n in range(0, end_n, BLOCK_N):
-        offs_n = start_n + offs_n_block
-        kv_mask = (offs_n[:, None] < seq_n) & d_ok
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = _scores(
-            q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
-            max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
-            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-        )  # fmt: skip
-        p = tl.exp2(s - lse[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    fast_before, general_end, fast_after, end = _key_ranges(
+        start_m, seq_n, query_offset, max_distance, BLOCK_M, BLOCK_N, BIAS_KIND, CAUSAL
+    )
+    dq = _backward_q_range(
+        dq, q, do, lse, delta, k_base, v_base, 0, fast_before, bias_before, offs_m, offs_d, offs_n_block, start_m,
+        batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+        HEAD_DIM, BLOCK_M, BLOCK_N, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+    )  # fmt: skip
+    dq = _backward_q_range(
+        dq, q, do, lse, delta, k_base, v_base, fast_before, general_end, 0.0, offs_m, offs_d, offs_n_block, start_m,
+        batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+        HEAD_DIM, BLOCK_M, BLOCK_N, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+    )  # fmt: skip
+    dq = _backward_q_range(
+        dq, q, do, lse, delta, k_base, v_base, general_end, fast_after, bias_after, offs_m, offs_d, offs_n_block,
+        start_m, batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance,
+        KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+        HEAD_DIM, BLOCK_M, BLOCK_N, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+    )  # fmt: skip
+    dq = _backward_q_range(
+        dq, q, do, lse, delta, k_base, v_base, fast_after, end, 0.0, offs_m, offs_d, offs_n_block, start_m,
+        batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
+        HEAD_DIM, BLOCK_M, BLOCK_N, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+    )  # fmt: skip
 
     dq_ptrs = DQ + batch * stride_dqb + head * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
     tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok)
@@ -543,7 +804,7 @@ def _forward(q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric
     seq_n = k.shape[2]
     out = torch.empty(batch, seq_m, heads, head_dim, dtype=q.dtype, device=q.device)
     lse = torch.empty(batch, heads, seq_m, dtype=torch.float32, device=q.device)
-    config = kernel_configs(head_dim)["forward"]
+    config = kernel_configs(head_dim, q.dtype)["forward"]
     grid = (triton.cdiv(seq_m, config.block_m), batch * heads)
     key_mask_arg = key_mask if key_mask is not None else q
     bias_arg = bias if bias is not None else q
@@ -568,7 +829,7 @@ def _backward(
     batch, heads, seq_m, head_dim = q.shape
     seq_n = k.shape[2]
     block_d = max(16, triton.next_power_of_2(head_dim))
-    configs = kernel_configs(head_dim)
+    configs = kernel_configs(head_dim, q.dtype)
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
 
     delta = torch.empty(batch, heads, seq_m, dtype=torch.float32, device=q.device)
