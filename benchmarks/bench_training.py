@@ -3,7 +3,11 @@
 T5 v1.1-base shape (d_model 768, d_ff 2048, 12+12 layers, 12 heads, d_kv 64, gated-GELU, vocab 32128, untied), fp32
 weights, bf16 autocast, fused AdamW, 16384 encoder tokens per step, decoder length L/4. Needs a CUDA GPU.
 
-    PYTHONPATH=src python benchmarks/bench_training.py --out results.json [--lengths 512 1024 ...] [--quick]
+    PYTHONPATH=src python benchmarks/bench_training.py --out results.json [--lengths 512 1024 ...]
+
+Variants: upstream `T5ForConditionalGeneration` with sdpa, the same under `torch.compile` (at --compile-lengths),
+FAT5 converted from the same weights with its default attention on a GPU (`fat5`, the Triton kernel), and FAT5 after
+`fat5.kernelize` (Triton RMSNorm and LM loss too). Then `generate` (greedy, 128 new tokens, batch 1 and 32).
 """
 
 import argparse
@@ -38,11 +42,25 @@ def base_config(**overrides):
     return T5Config(**settings)
 
 
-def build_models(attn_implementation_t5="sdpa"):
+def build_upstream():
     torch.manual_seed(0)
-    t5 = T5ForConditionalGeneration(base_config(attn_implementation=attn_implementation_t5))
-    fat5_model = convert_t5_model(t5)
-    return t5, fat5_model
+    with torch.device("cuda"):  # initialising on the GPU takes a fraction of the CPU's time
+        return T5ForConditionalGeneration(base_config(attn_implementation="sdpa"))
+
+
+def build_fat5(kernelized=False):
+    with torch.device("cuda"):
+        model = convert_t5_model(build_upstream())
+    return fat5.kernelize(model) if kernelized else model
+
+
+VARIANTS = {
+    "t5_sdpa": (build_upstream, False),
+    "t5_sdpa_compiled": (build_upstream, True),
+    "fat5": (build_fat5, False),
+    "fat5_kernelized": (lambda: build_fat5(kernelized=True), False),
+    "fat5_compiled": (build_fat5, True),
+}
 
 
 def release():
@@ -84,12 +102,14 @@ def measure(label, fn):
         result = fn()
     except torch.OutOfMemoryError:
         result = {"oom": True}
+    except Exception as error:  # a variant that fails (e.g. under torch.compile) is reported, not fatal to the run
+        result = {"error": f"{type(error).__name__}: {error}"[:500]}
     print(f"  {label:28s} {result}", flush=True)
     release()
     return result
 
 
-def time_generate(model, batch, new_tokens=128, repeats=3):
+def time_generate(model, batch, new_tokens=128, repeats=2):
     model = model.cuda().eval()
     input_ids = torch.randint(2, 32000, (batch, 256), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
@@ -106,56 +126,72 @@ def time_generate(model, batch, new_tokens=128, repeats=3):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
+    parser.add_argument(
+        "--compile-lengths", type=int, nargs="*", default=[512, 1024, 2048, 4096], help="FAT5 compiled"
+    )
+    parser.add_argument("--upstream-compile-lengths", type=int, nargs="*", default=[1024])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd upstream model")
+    parser.add_argument("--generate-batches", type=int, nargs="*", default=[1, 32])
     parser.add_argument("--out", default="bench_training.json")
     args = parser.parse_args()
 
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, fat5 {fat5.__version__}", flush=True)
+    print(f"FAT5 attention on this machine: {build_fat5().config._attn_implementation}", flush=True)
     results = {"device": torch.cuda.get_device_name(), "training": {}, "generate": {}}
     for length in args.lengths:
         print(f"L={length}, batch={TOKENS_PER_STEP // length}", flush=True)
         row = {}
-        t5, fat5_model = build_models()
-        print(f"  FAT5 attention: {fat5_model.config._attn_implementation}", flush=True)
-        row["t5_sdpa"] = measure("upstream T5 sdpa", lambda: time_training(t5, length, args.steps, args.warmup))
-        if not args.no_compile:
-            row["t5_sdpa_compiled"] = measure(
-                "upstream T5 sdpa compiled",
-                lambda: time_training(build_models()[0], length, args.steps, args.warmup, compile_model=True),
+        for name, (build, compiled) in VARIANTS.items():
+            compile_lengths = args.upstream_compile_lengths if name.startswith("t5") else args.compile_lengths
+            if name not in args.variants or (compiled and length not in compile_lengths):
+                continue
+            row[name] = measure(
+                f"{name}", lambda: time_training(build(), length, args.steps, args.warmup, compile_model=compiled)
             )
-        row["fat5"] = measure("FAT5", lambda: time_training(fat5_model, length, args.steps, args.warmup))
-        t5 = fat5_model = None
-        release()
         results["training"][length] = row
+        with open(args.out, "w") as handle:
+            json.dump(results, handle, indent=2)
 
-    for batch in (1, 32):
-        t5, fat5_model = build_models()
+    for batch in args.generate_batches:
         results["generate"][batch] = {
-            "t5_sdpa": measure(f"generate batch {batch} upstream", lambda: time_generate(t5, batch)),
-            "fat5": measure(f"generate batch {batch} FAT5", lambda: time_generate(fat5_model, batch)),
+            name: measure(f"generate batch {batch} {name}", lambda: time_generate(build(), batch))
+            for name, build in (("t5_sdpa", build_upstream), ("fat5", build_fat5))
         }
-        t5 = fat5_model = None
-        release()
-
     with open(args.out, "w") as handle:
         json.dump(results, handle, indent=2)
-    print("\n| L | T5 sdpa tok/s | T5 compiled tok/s | FAT5 tok/s | FAT5 / T5 | FAT5 / compiled | peak GB T5 / FAT5 |")
-    print("|---|---|---|---|---|---|---|")
+
+    def value(row, key, field="tokens_per_s"):
+        entry = row.get(key) or {}
+        return entry.get(field)
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a and b else "-"
+
+    print(
+        "\n| L | T5 sdpa tok/s | T5 compiled | FAT5 | FAT5 kernelized | best FAT5 / T5 | best FAT5 / compiled "
+        "| peak GB T5 / FAT5 / kernelized |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for length, row in results["training"].items():
-
-        def value(key, field="tokens_per_s"):
-            entry = row.get(key, {})
-            return entry.get(field) if entry and not entry.get("oom") else None
-
-        t5_rate, compiled_rate, fat5_rate = value("t5_sdpa"), value("t5_sdpa_compiled"), value("fat5")
-        ratio = f"{fat5_rate / t5_rate:.2f}x" if fat5_rate and t5_rate else "-"
-        ratio_compiled = f"{fat5_rate / compiled_rate:.2f}x" if fat5_rate and compiled_rate else "-"
-        memory = f"{value('t5_sdpa', 'peak_gb') or 'OOM'} / {value('fat5', 'peak_gb') or 'OOM'}"
+        rates = {name: value(row, name) for name in VARIANTS}
+        best = max(rates[name] or 0 for name in VARIANTS if name.startswith("fat5")) or None
+        memory = " / ".join(
+            f"{value(row, name, 'peak_gb'):.1f}" if value(row, name, "peak_gb") else "OOM"
+            for name in ("t5_sdpa", "fat5", "fat5_compiled")
+        )
+        cells = [f"{rates[name] / 1e3:.1f}k" if rates[name] else ("OOM" if name in row else "-") for name in VARIANTS]
         print(
-            f"| {length} | {t5_rate or 'OOM'} | {compiled_rate or 'OOM'} | {fat5_rate or 'OOM'} | {ratio} | "
-            f"{ratio_compiled} | {memory} |"
+            f"| {length} | {' | '.join(cells)} | {ratio(best, rates['t5_sdpa'])} | "
+            f"{ratio(best, rates['t5_sdpa_compiled'])} | {memory} |"
+        )
+    print("\n| generate batch | T5 sdpa tok/s | FAT5 tok/s | FAT5 / T5 |")
+    print("|---|---|---|---|")
+    for batch, row in results["generate"].items():
+        t5_rate, fat5_rate = value(row, "t5_sdpa"), value(row, "fat5")
+        print(
+            f"| {batch} | {t5_rate and round(t5_rate)} | {fat5_rate and round(fat5_rate)} | {ratio(fat5_rate, t5_rate)} |"
         )
 
 
