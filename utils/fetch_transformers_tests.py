@@ -253,6 +253,46 @@ def ensure_transformers_tests(version: str | None = None) -> Path:
     return root
 
 
+def unpack_sdist(dest: Path, version: str | None = None) -> Path:
+    """Unpacks the whole (cached, else downloaded) sdist of `version` into `dest`; returns the tree's root.
+
+    The root is `dest/transformers-<version>`: a transformers source tree (`src/transformers`, `tests/`, `setup.py`)
+    that `utils/export_to_transformers.py` can export FAT5 into.
+    """
+    version = version or installed_transformers_version()
+    sdist = ensure_sdist(version)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(sdist, "r:gz") as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.10.12 / 3.11.4
+            tar.extractall(dest, filter="data")
+        else:
+            tar.extractall(dest)  # noqa: S202 - our own cached sdist, checked against PyPI's sha256 when downloaded
+    root = dest / f"transformers-{version}"
+    if not (root / "src" / "transformers").is_dir():
+        raise FetchError(f"{sdist.name} did not unpack to {root}/src/transformers")
+    return root
+
+
+def install_stand_ins(tests_dir: Path) -> None:
+    """Makes the `tests/` folder of an unpacked sdist importable as transformers' own test package: copies FAT5's
+    stand-ins for the modules the sdist lacks and adds the `__init__.py` files the sdist lacks (in `tests/` and in every
+    folder under it that holds Python files, e.g. `tests/models/<model>/`)."""
+    tests_dir = Path(tests_dir)
+    for rel, content in _stub_files().items():
+        _write_if_changed(tests_dir / rel, content)
+    folders = {tests_dir}
+    for path in tests_dir.rglob("*.py"):
+        folder = path.parent
+        while folder != tests_dir and tests_dir in folder.parents:
+            folders.add(folder)
+            folder = folder.parent
+    for folder in sorted(folders):
+        init = folder / "__init__.py"
+        if not init.exists():
+            init.write_bytes(b"")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", help="transformers version (default: the installed one)")

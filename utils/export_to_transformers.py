@@ -1,0 +1,722 @@
+#!/usr/bin/env python
+"""Export FAT5's model folder into a transformers source tree, as the upstream pull request adds it.
+
+    python utils/export_to_transformers.py TRANSFORMERS_SRC
+
+TRANSFORMERS_SRC is a checkout (or an unpacked sdist) of transformers >=5.17,<6. The command writes:
+
+- `src/transformers/models/flash_t5/`: the configuration, the modeling file, the checkpoint-conversion helpers the
+  configuration reads, the T5 -> FAT5 conversion script and an in-tree lazy `__init__.py`. Imports of `transformers`
+  become the relative imports in-tree code uses, and every `fat5` reference is removed or rewritten. The Triton
+  `kernels/` folder is NOT exported: in-tree, the model runs eager / sdpa / flex_attention in pure PyTorch, and the
+  kernels are meant to ship as a Hub kernel loaded through the `kernels` library (the command says so);
+- the auto mappings (`models/auto/auto_mappings.py` or `configuration_auto.py` for the config, `modeling_auto.py` for
+  the heads, `tokenization_auto.py` for the T5 tokenizer), the model's line in `models/__init__.py` and the load-time
+  renamings of reference FAT5 checkpoints in `conversion_mapping.py`;
+- `tests/models/flash_t5/`: FAT5's model tests with in-tree imports (kernel tests and kernel-only test functions are
+  left out), plus the reference-checkpoint fixtures they read (`tests/fixtures/reference_fat5/`);
+- `docs/source/en/model_doc/flash_t5.md` and its `_toctree.yml` entry, when the tree has a `docs/` folder.
+
+Running it twice gives the same tree. Also importable: `export(transformers_root) -> ExportResult`.
+"""
+
+import argparse
+import ast
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_SRC = REPO_ROOT / "src" / "fat5" / "models" / "flash_t5"
+TESTS_SRC = REPO_ROOT / "tests" / "models" / "flash_t5"
+FIXTURES_SRC = REPO_ROOT / "tests" / "fixtures" / "reference_fat5"
+DOC_SRC = REPO_ROOT / "docs" / "source" / "en" / "model_doc" / "flash_t5.md"
+
+MODEL_TYPE = "flash_t5"
+DOC_TITLE = "FAT5"
+MIN_VERSION, MAX_VERSION = (5, 17), (6,)  # >=5.17,<6
+# Model files exported, in this order; anything else in the folder (kernels/, format notes) stays in fat5.
+MODEL_FILES = (
+    "configuration_flash_t5.py",
+    "modeling_flash_t5.py",
+    "checkpoint_conversion.py",
+    "convert_t5_to_flash_t5.py",
+)
+# Auto mappings: (file under models/auto, dict name) -> class name. The config goes to CONFIG_MAPPING_NAMES, wherever
+# the tree defines it (auto_mappings.py from 5.x, configuration_auto.py before).
+MODELING_AUTO_ENTRIES = {
+    "MODEL_MAPPING_NAMES": "FlashT5Model",
+    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES": "FlashT5ForConditionalGeneration",
+    "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES": "FlashT5ForSequenceClassification",
+    "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES": "FlashT5ForQuestionAnswering",
+    "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES": "FlashT5ForTokenClassification",
+    "MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES": "FlashT5EncoderModel",
+}
+KERNELS_NOTE = (
+    "Not exported: src/fat5/models/flash_t5/kernels/ (Triton attention with the in-kernel T5 bias, RMSNorm, "
+    "cross-entropy). In-tree, FAT5 runs eager / sdpa / flex_attention in pure PyTorch. Upstream, the kernels belong "
+    "on the Hugging Face Hub as a kernel repository loaded with the `kernels` library (e.g. "
+    '`attn_implementation="<org>/fat5-kernels"`, registered through `AttentionInterface` / '
+    "`AttentionMaskInterface`, with the RMSNorm and loss as `kernelize` layers), not in the transformers tree."
+)
+CONVERSION_MARKER = "# FAT5 (flash_t5): load-only renamings of the reference implementation's checkpoint keys"
+# `fat5` as a word of its own (not `fat5_model`, not `flan-t5-base-fat5`).
+FAT5_WORD = re.compile(r"(?<![\w-])fat5(?![\w-])")
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass
+class ExportResult:
+    root: Path
+    version: str
+    written: list[Path] = field(default_factory=list)  # files (re)created by the export
+    edited: list[Path] = field(default_factory=list)  # files of the tree that got FAT5 entries (new ones only)
+    left_out: list[str] = field(default_factory=list)  # what was not exported, and why
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The target tree
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
+    if not match:
+        raise ExportError(f"cannot parse the transformers version {text!r}")
+    return tuple(int(part) for part in match.groups(default="0"))
+
+
+def transformers_tree_version(root: Path) -> str:
+    """The version of the transformers tree at `root`; an `ExportError` if `root` is not a transformers tree."""
+    root = Path(root)
+    package = root / "src" / "transformers"
+    if not (package / "__init__.py").is_file() or not (package / "models" / "auto" / "modeling_auto.py").is_file():
+        raise ExportError(
+            f"{root} is not a transformers source tree (no src/transformers/__init__.py and "
+            "src/transformers/models/auto/modeling_auto.py)"
+        )
+    pattern = re.compile(r"""^__version__\s*=\s*["']([^"']+)["']""", re.MULTILINE)
+    match = pattern.search((package / "__init__.py").read_text(encoding="utf-8"))
+    if match is None and (root / "setup.py").is_file():
+        match = re.search(r"""\bversion\s*=\s*["']([^"']+)["']""", (root / "setup.py").read_text(encoding="utf-8"))
+    if match is None:
+        raise ExportError(f"cannot find the version of the transformers tree at {root}")
+    return match.group(1)
+
+
+def check_tree(root: Path) -> str:
+    version = transformers_tree_version(root)
+    parsed = parse_version(version)
+    if not (MIN_VERSION <= parsed < MAX_VERSION):
+        raise ExportError(
+            f"the transformers tree at {root} is version {version}; FAT5 supports transformers >=5.17,<6"
+        )
+    return version
+
+
+def _write(path: Path, content: str | bytes, result: ExportResult) -> None:
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file() or path.read_bytes() != data:
+        path.write_bytes(data)
+    result.written.append(path)
+
+
+def _edit(path: Path, new_text: str, result: ExportResult) -> None:
+    if path.read_text(encoding="utf-8") != new_text:
+        path.write_text(new_text, encoding="utf-8")
+        result.edited.append(path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Source rewriting
+
+
+def _delete_lines(text: str, spans: list[tuple[int, int]]) -> str:
+    """Deletes the 1-based inclusive line spans of `text`."""
+    lines = text.splitlines(keepends=True)
+    drop = set()
+    for start, end in spans:
+        drop.update(range(start - 1, end))
+    return "".join(line for i, line in enumerate(lines) if i not in drop)
+
+
+def _node_span(node: ast.AST, lines: list[str], with_comments: bool = False) -> tuple[int, int]:
+    start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+    if with_comments:  # the comment lines right above the statement go with it
+        while start > 1 and lines[start - 2].lstrip().startswith("#"):
+            start -= 1
+    return start, node.end_lineno
+
+
+def _squeeze_blank_lines(text: str) -> str:
+    return re.sub(r"\n{4,}", "\n\n\n", text)
+
+
+def _replace_import_prefix(text: str, node: ast.ImportFrom, new_module: str) -> str:
+    """Rewrites `from <node.module> import` on the first line of `node` into `from <new_module> import`."""
+    lines = text.splitlines(keepends=True)
+    line = lines[node.lineno - 1]
+    pattern = re.compile(r"^(\s*from\s+)" + r"\.*" + re.escape(node.module or "") + r"(\s+import\b)")
+    new_line, count = pattern.subn(lambda m: m.group(1) + new_module + m.group(2), line, count=1)
+    if count != 1:
+        raise ExportError(f"cannot rewrite the import on line {node.lineno}: {line.strip()}")
+    lines[node.lineno - 1] = new_line
+    return "".join(lines)
+
+
+def _rewrite_docstring_examples(text: str) -> str:
+    """`import fat5` lines go (the model is part of transformers), `from fat5 import` comes from transformers."""
+    text = re.sub(r"^[ \t]*(?:>>> )?import fat5\b[^\n]*\n", "", text, flags=re.MULTILINE)
+    text = re.sub(r"\bfrom fat5 import\b", "from transformers import", text)
+    return re.sub(r"\bfat5\.models\.flash_t5\b", "transformers.models.flash_t5", text)
+
+
+def _is_fat5_module(module: str | None) -> bool:
+    return module is not None and (module == "fat5" or module.startswith("fat5."))
+
+
+def _imports_kernels(tree: ast.AST) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            names = [alias.name for alias in node.names]
+            if "kernels" in module.split(".") or (node.level > 0 and not module and "kernels" in names):
+                return True
+        elif isinstance(node, ast.Import) and any("kernels" in a.name.split(".") for a in node.names):
+            if any(_is_fat5_module(a.name) for a in node.names):
+                return True
+    return False
+
+
+def _remove_unused_import(text: str, name: str) -> str:
+    """Removes a one-line `from x import name` / `import name` when `name` is used nowhere else."""
+    if len(re.findall(rf"\b{re.escape(name)}\b", text)) != 1:
+        return text
+    return re.sub(
+        rf"^(?:from [\w.]+ import {re.escape(name)}|import {re.escape(name)})[ \t]*(?:#[^\n]*)?\n",
+        "",
+        text,
+        count=1,
+        flags=re.MULTILINE,
+    )
+
+
+def _kernel_hook_functions(tree: ast.Module) -> list[ast.FunctionDef]:
+    """Top-level functions that exist for the `fat5` attention implementation (they name it)."""
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            body = ast.Module(body=node.body, type_ignores=[])
+            if any(isinstance(n, ast.Constant) and n.value == "fat5" for n in ast.walk(body)):
+                found.append(node)
+    return found
+
+
+def rewrite_model_file(text: str, filename: str) -> str:
+    """In-tree version of one file of the model folder."""
+    tree = ast.parse(text)
+    if _imports_kernels(tree):
+        raise ExportError(f"{filename} imports the Triton kernels package; the in-tree model must not")
+
+    # 1. Code that only picks the `fat5` (Triton) attention: the hook functions and the `if`s that call them.
+    hooks = _kernel_hook_functions(tree)
+    hook_names = {fn.name for fn in hooks}
+    lines = text.splitlines(keepends=True)
+    spans = [_node_span(fn, lines) for fn in hooks]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and not node.orelse:
+            if any(isinstance(n, ast.Name) and n.id in hook_names for n in ast.walk(node.test)):
+                spans.append(_node_span(node, lines, with_comments=True))
+    # 2. Helper modules keep no `__all__`: in-tree, `__all__` puts names in the top-level `transformers` namespace.
+    if not filename.startswith(("configuration_", "modeling_")):
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+            ):
+                spans.append(_node_span(node, lines))
+    text = _delete_lines(text, spans)
+    # The error message that lists the attention implementations no longer offers the Triton one.
+    text = text.replace("use 'fat5' (Triton kernels), ", "use ")
+
+    # 3. Imports: transformers -> relative, fat5's own modules -> the model folder. Conversion scripts keep absolute
+    # `transformers` imports, as in-tree `convert_*.py` scripts do (they are run as scripts).
+    is_script = filename.startswith("convert_")
+    tree = ast.parse(text)
+    for node in sorted(
+        (n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))), key=lambda n: -n.lineno
+    ):
+        if isinstance(node, ast.Import):
+            roots = ("fat5",) if is_script else ("transformers", "fat5")
+            bad = [a.name for a in node.names if a.name.split(".")[0] in roots]
+            if bad:
+                raise ExportError(f"{filename}:{node.lineno}: `import {bad[0]}` has no in-tree relative form")
+            continue
+        if node.level:
+            continue
+        module = node.module or ""
+        if (module == "transformers" or module.startswith("transformers.")) and not is_script:
+            text = _replace_import_prefix(text, node, "..." + module[len("transformers.") :])
+        elif module == "fat5.models.flash_t5" or module.startswith("fat5.models.flash_t5."):
+            text = _replace_import_prefix(text, node, "." + module[len("fat5.models.flash_t5.") :])
+        elif _is_fat5_module(module):
+            raise ExportError(f"{filename}:{node.lineno}: `from {module} import` has no in-tree equivalent")
+    text = _rewrite_docstring_examples(text)
+    for module in ("importlib.util", "importlib"):  # unused once the kernel hooks are gone
+        if len(re.findall(r"\bimportlib\b", text)) == 1:
+            text = re.sub(rf"^import {re.escape(module)}\n", "", text, flags=re.MULTILINE)
+    text = _squeeze_blank_lines(text)
+
+    leftover = [line.strip() for line in text.splitlines() if FAT5_WORD.search(line)]
+    if leftover:
+        raise ExportError(f"{filename} still references fat5 after rewriting: {leftover[:3]}")
+    ast.parse(text)
+    return text
+
+
+def _drop_fat5_attention_tests(text: str) -> tuple[str, list[str]]:
+    """Removes the test functions/methods that run `attn_implementation="fat5"` (the Triton kernels)."""
+    tree = ast.parse(text)
+    lines = text.splitlines(keepends=True)
+    spans, names = [], []
+    candidates = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        candidates += [n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    for fn in candidates:
+        uses_fat5 = any(
+            isinstance(n, ast.keyword)
+            and n.arg == "attn_implementation"
+            and isinstance(n.value, ast.Constant)
+            and n.value.value == "fat5"
+            for n in ast.walk(fn)
+        ) or any(isinstance(n, ast.Name) and n.id.endswith("kernels_available") for n in ast.walk(fn))
+        if uses_fat5:
+            spans.append(_node_span(fn, lines, with_comments=True))
+            names.append(fn.name)
+    return _delete_lines(text, spans), names
+
+
+def rewrite_test_file(text: str, filename: str) -> tuple[str, list[str]]:
+    """In-tree version of one test module of tests/models/flash_t5; also returns the names of the tests left out."""
+    text, dropped = _drop_fat5_attention_tests(text)
+    tree = ast.parse(text)
+    lines = text.splitlines(keepends=True)
+    spans = []
+    # The loop that adds FAT5 to the auto mappings of an installed transformers: in-tree, the mappings have it.
+    for node in tree.body:
+        if isinstance(node, ast.For) and f'.setdefault("{MODEL_TYPE}"' in ast.get_source_segment(text, node):
+            spans.append(_node_span(node, lines, with_comments=True))
+    for node in tree.body:
+        if isinstance(node, ast.Import) and all(_is_fat5_module(a.name) for a in node.names):
+            spans.append(_node_span(node, lines))
+    text = _delete_lines(text, spans)
+
+    tree = ast.parse(text)
+    for node in sorted((n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)), key=lambda n: -n.lineno):
+        module = node.module or ""
+        if node.level:
+            continue
+        if module == "transformers_tests" or module.startswith("transformers_tests."):
+            # tests/models/flash_t5/x.py -> the `tests` package is three levels up
+            text = _replace_import_prefix(text, node, "..." + module[len("transformers_tests.") :])
+        elif module == "fat5":
+            text = _replace_import_prefix(text, node, "transformers")
+        elif module.startswith("fat5.models.flash_t5"):
+            text = _replace_import_prefix(text, node, "transformers" + module[len("fat5") :])
+        elif _is_fat5_module(module):
+            raise ExportError(f"{filename}:{node.lineno}: `from {module} import` has no in-tree equivalent")
+    if any(isinstance(n, ast.Import) and any(_is_fat5_module(a.name) for a in n.names) for n in ast.walk(tree)):
+        raise ExportError(f"{filename} imports fat5 inside a function; the export cannot rewrite that")
+    text = _remove_unused_import(text, "modeling_auto")
+    text = _rewrite_docstring_examples(text)
+    text = _squeeze_blank_lines(text)
+    if re.search(r"(?<![\w.])fat5\.\w", text):
+        raise ExportError(f"{filename} still uses the fat5 package after rewriting")
+    ast.parse(text)
+    return text, dropped
+
+
+def rewrite_doc_page(text: str) -> str:
+    """In-tree version of the model doc page."""
+    lines = text.splitlines(keepends=True)
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        # a quote block (a TIP, a NOTE) about installing/importing the fat5 package
+        if line.startswith(">"):
+            j = i
+            while j < len(lines) and lines[j].startswith(">"):
+                j += 1
+            block = "".join(lines[i:j])
+            if FAT5_WORD.search(block):
+                if out and not out[-1].strip() and j < len(lines) and not lines[j].strip():
+                    j += 1  # do not leave two blank lines behind
+                i = j
+                continue
+        # the table row of the Triton attention implementation
+        if line.startswith("|") and '`"fat5"`' in line:
+            i += 1
+            continue
+        out.append(line)
+        i += 1
+    text = _rewrite_docstring_examples("".join(out))
+
+    # `fat5.Name` in a code block: `Name` comes from transformers
+    def fix_block(match: re.Match) -> str:
+        block = match.group(0)
+        names = sorted(set(re.findall(r"(?<![\w.])fat5\.(\w+)", block)))
+        if not names:
+            return block
+        block = re.sub(r"(?<![\w.])fat5\.(\w+)", r"\1", block)
+        imports = re.search(r"^from transformers import ([\w, ]+)$", block, flags=re.MULTILINE)
+        if imports:
+            merged = sorted({n.strip() for n in imports.group(1).split(",")} | set(names))
+            return block[: imports.start()] + "from transformers import " + ", ".join(merged) + block[imports.end() :]
+        first_line_end = block.index("\n") + 1
+        return block[:first_line_end] + f"from transformers import {', '.join(names)}\n" + block[first_line_end:]
+
+    text = re.sub(r"^```py(?:thon)?\n.*?^```$", fix_block, text, flags=re.MULTILINE | re.DOTALL)
+    leftover = [line.strip() for line in text.splitlines() if FAT5_WORD.search(line)]
+    if leftover:
+        raise ExportError(f"the doc page still references the fat5 package after rewriting: {leftover[:3]}")
+    return text
+
+
+INIT_TEMPLATE = """{header}from typing import TYPE_CHECKING
+
+from ...utils import _LazyModule
+from ...utils.import_utils import define_import_structure
+
+
+if TYPE_CHECKING:
+{imports}
+else:
+    import sys
+
+    _file = globals()["__file__"]
+    sys.modules[__name__] = _LazyModule(__name__, _file, define_import_structure(_file), module_spec=__spec__)
+"""
+
+
+def _license_header(text: str) -> str:
+    header = []
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    return "".join(header)
+
+
+def model_init(module_names: list[str]) -> str:
+    header = _license_header((MODEL_SRC / "__init__.py").read_text(encoding="utf-8"))
+    imports = "\n".join(f"    from .{name} import *" for name in module_names)
+    return INIT_TEMPLATE.format(header=header, imports=imports)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Registration in the tree's own files
+
+
+def _mapping_block(text: str, dict_name: str) -> tuple[int, int] | None:
+    """(first entry line, closing line) indices of `DICT = OrderedDict(...)([` ... `])` in `text`'s lines."""
+    lines = text.splitlines(keepends=True)
+    start = None
+    for i, line in enumerate(lines):
+        if re.match(rf"^{re.escape(dict_name)}\s*=\s*OrderedDict\b[^\n]*\($", line.rstrip()):
+            start = i
+            break
+    if start is None or start + 1 >= len(lines) or lines[start + 1].strip() != "[":
+        return None
+    for j in range(start + 2, len(lines)):
+        if lines[j].strip() == "]":
+            return start + 2, j
+    return None
+
+
+def insert_mapping_entry(text: str, dict_name: str, key: str, value_src: str) -> str | None:
+    """`text` with `("key", value_src),` in the OrderedDict `dict_name`, in alphabetical place; None if no such dict.
+
+    An entry already there for `key` is replaced (so that running twice changes nothing).
+    """
+    block = _mapping_block(text, dict_name)
+    if block is None:
+        return None
+    first, closing = block
+    lines = text.splitlines(keepends=True)
+    indent = re.match(r"^(\s*)", lines[first]).group(1) if first < closing else " " * 8
+    entry = f'{indent}("{key}", {value_src}),\n'
+    # top-level entries of the list: (line index of the entry, key, line index after the entry)
+    entries = []
+    i = first
+    while i < closing:
+        line = lines[i]
+        if line.startswith(indent + "(") and not line.startswith(indent + " "):
+            one_line = re.match(r'^\s*\(\s*"([^"]*)"', line)
+            if one_line:
+                j = i + 1
+                key_found = one_line.group(1)
+                if not line.rstrip().endswith(("),", ")")):  # an entry whose value spans several lines
+                    while j < closing and not lines[j].startswith(indent + ")"):
+                        j += 1
+                    j += 1
+            else:  # `(` alone: the key is on the next line
+                key_match = re.match(r'^\s*"([^"]*)"', lines[i + 1]) if i + 1 < closing else None
+                key_found = key_match.group(1) if key_match else ""
+                j = i + 1
+                while j < closing and not lines[j].startswith(indent + ")"):
+                    j += 1
+                j += 1
+            entries.append((i, key_found, j))
+            i = j
+        else:
+            i += 1
+    for start, key_found, end in entries:
+        if key_found == key:
+            return "".join(lines[:start] + [entry] + lines[end:])
+    position = closing
+    for start, key_found, _ in entries:
+        if key_found > key:
+            position = start
+            break
+    return "".join(lines[:position] + [entry] + lines[position:])
+
+
+def register_in_auto_mappings(package: Path, result: ExportResult) -> None:
+    auto = package / "models" / "auto"
+    # the config
+    done = False
+    for name in ("auto_mappings.py", "configuration_auto.py"):
+        path = auto / name
+        if not path.is_file():
+            continue
+        new = insert_mapping_entry(
+            path.read_text(encoding="utf-8"), "CONFIG_MAPPING_NAMES", MODEL_TYPE, '"FlashT5Config"'
+        )
+        if new is not None:
+            _edit(path, new, result)
+            done = True
+            break
+    if not done:
+        raise ExportError(
+            f"no `CONFIG_MAPPING_NAMES = OrderedDict([...])` in {auto}/auto_mappings.py or configuration_auto.py"
+        )
+    # the display name, in trees that still have MODEL_NAMES_MAPPING
+    for name in ("auto_mappings.py", "configuration_auto.py"):
+        path = auto / name
+        if path.is_file():
+            new = insert_mapping_entry(
+                path.read_text(encoding="utf-8"), "MODEL_NAMES_MAPPING", MODEL_TYPE, f'"{DOC_TITLE}"'
+            )
+            if new is not None:
+                _edit(path, new, result)
+                break
+    else:
+        result.notes.append("this tree has no MODEL_NAMES_MAPPING (transformers 5.x dropped it): nothing to add there")
+    # the heads
+    path = auto / "modeling_auto.py"
+    text = path.read_text(encoding="utf-8")
+    for dict_name, class_name in MODELING_AUTO_ENTRIES.items():
+        new = insert_mapping_entry(text, dict_name, MODEL_TYPE, f'"{class_name}"')
+        if new is None:
+            raise ExportError(f"no `{dict_name} = OrderedDict([...])` in {path}")
+        text = new
+    _edit(path, text, result)
+    # the tokenizer: FAT5 uses T5's, with the same value expression as the `t5` entry
+    path = auto / "tokenization_auto.py"
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        t5_entry = re.search(r'^\s*\("t5", (.+)\),$', text, flags=re.MULTILINE)
+        new = (
+            insert_mapping_entry(text, "TOKENIZER_MAPPING_NAMES", MODEL_TYPE, t5_entry.group(1)) if t5_entry else None
+        )
+        if new is None:
+            result.notes.append("tokenization_auto.py: no TOKENIZER_MAPPING_NAMES entry for t5 to follow; skipped")
+        else:
+            _edit(path, new, result)
+
+
+def register_in_models_init(package: Path, result: ExportResult) -> None:
+    path = package / "models" / "__init__.py"
+    text = path.read_text(encoding="utf-8")
+    line = f"    from .{MODEL_TYPE} import *\n"
+    if line in text:
+        return
+    lines = text.splitlines(keepends=True)
+    listed = [
+        (i, m.group(1)) for i, l in enumerate(lines) if (m := re.match(r"^    from \.(\w+) import \*$", l.rstrip()))
+    ]
+    if not listed:
+        raise ExportError(f"{path} has no `from .<model> import *` lines to extend")
+    position = next((i for i, name in listed if name > MODEL_TYPE), listed[-1][0] + 1)
+    _edit(path, "".join(lines[:position] + [line] + lines[position:]), result)
+
+
+def register_checkpoint_conversion(package: Path, result: ExportResult) -> None:
+    path = package / "conversion_mapping.py"
+    if not path.is_file():
+        raise ExportError(f"{path} is missing: reference FAT5 checkpoints could not load in this tree")
+    text = path.read_text(encoding="utf-8")
+    if CONVERSION_MARKER in text:
+        return
+    block = (
+        f"    {CONVERSION_MARKER}\n"
+        "    from .models.flash_t5.checkpoint_conversion import legacy_weight_renamings\n"
+        "\n"
+        f'    mapping["{MODEL_TYPE}"] = legacy_weight_renamings()\n'
+        "\n"
+    )
+    anchor = re.search(r"^    for model_type, base_pattern in _MODEL_TO_CONVERSION_PATTERN\.items\(\):$", text, re.M)
+    if anchor is None:
+        function = re.search(
+            r"^def _build_checkpoint_conversion_mapping\(\):\n(?:.*\n)*?^    return mapping$", text, re.M
+        )
+        if function is None:
+            raise ExportError(f"cannot find `_build_checkpoint_conversion_mapping` in {path}")
+        position = function.end() - len("    return mapping")
+    else:
+        position = anchor.start()
+    _edit(path, text[:position] + block + text[position:], result)
+
+
+def register_doc(root: Path, doc_text: str, result: ExportResult) -> None:
+    docs = root / "docs" / "source" / "en"
+    if not docs.is_dir():
+        result.notes.append(f"{root} has no docs/source/en: the doc page was not exported")
+        return
+    _write(docs / "model_doc" / f"{MODEL_TYPE}.md", doc_text, result)
+    toctree = docs / "_toctree.yml"
+    if not toctree.is_file():
+        result.notes.append(f"{toctree} is missing: no table-of-contents entry added")
+        return
+    text = toctree.read_text(encoding="utf-8")
+    if f"local: model_doc/{MODEL_TYPE}\n" in text:
+        return
+    lines = text.splitlines(keepends=True)
+    entries = [
+        (i, m.group(1), m.group(2))
+        for i, line in enumerate(lines)
+        if (m := re.match(r"^(\s*)- local: model_doc/(\S+)\s*$", line))
+    ]
+    if not entries:
+        result.notes.append(f"{toctree} lists no model_doc pages: no entry added")
+        return
+    # next to flaubert (text models) when it is there, else before the first page that sorts after ours
+    anchor = next((e for e in entries if e[2] == "flaubert"), None) or next(
+        (e for e in entries if e[2] > MODEL_TYPE), None
+    )
+    if anchor is None:
+        index, indent = entries[-1][0] + 2, entries[-1][1]
+    else:
+        index, indent = anchor[0], anchor[1]
+    entry = [f"{indent}- local: model_doc/{MODEL_TYPE}\n", f"{indent}  title: {DOC_TITLE}\n"]
+    _edit(toctree, "".join(lines[:index] + entry + lines[index:]), result)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The export
+
+
+def exported_test_files() -> tuple[list[Path], list[str]]:
+    """The test modules of tests/models/flash_t5 that make sense in-tree, and the reasons for the others."""
+    keep, left_out = [], []
+    for path in sorted(TESTS_SRC.glob("test_*.py")):
+        if path.name.startswith("test_kernel") or _imports_kernels(ast.parse(path.read_text(encoding="utf-8"))):
+            left_out.append(f"tests/models/flash_t5/{path.name}: tests the Triton kernels, which are not exported")
+        else:
+            keep.append(path)
+    return keep, left_out
+
+
+def export(transformers_root: Path) -> ExportResult:
+    """Writes FAT5 into the transformers source tree at `transformers_root` (idempotent); see the module docstring."""
+    root = Path(transformers_root).resolve()
+    version = check_tree(root)
+    result = ExportResult(root=root, version=version)
+    package = root / "src" / "transformers"
+
+    # Everything is rewritten before anything is written: a file the export cannot handle leaves the tree untouched.
+    model_files = {
+        name: rewrite_model_file((MODEL_SRC / name).read_text(encoding="utf-8"), name) for name in MODEL_FILES
+    }
+    lazy_modules = [name[:-3] for name in MODEL_FILES if name.startswith(("configuration_", "modeling_"))]
+    model_files["__init__.py"] = model_init(lazy_modules)
+    test_paths, test_left_out = exported_test_files()
+    test_files = {}
+    for path in test_paths:
+        test_files[path.name], dropped = rewrite_test_file(path.read_text(encoding="utf-8"), path.name)
+        result.left_out += [f"{path.name}::{name}: runs the fat5 (Triton) attention" for name in dropped]
+    result.left_out += test_left_out
+    doc_text = rewrite_doc_page(DOC_SRC.read_text(encoding="utf-8")) if DOC_SRC.is_file() else None
+    result.left_out.append(KERNELS_NOTE)
+
+    model_dir = package / "models" / MODEL_TYPE
+    shutil.rmtree(model_dir, ignore_errors=True)  # no stale file of an earlier export survives
+    for name, content in model_files.items():
+        _write(model_dir / name, content, result)
+
+    tests_dir = root / "tests" / "models" / MODEL_TYPE
+    shutil.rmtree(tests_dir, ignore_errors=True)
+    _write(tests_dir / "__init__.py", "", result)
+    for name, content in test_files.items():
+        _write(tests_dir / name, content, result)
+    uses_fixtures = any(FIXTURES_SRC.name in content for content in test_files.values())
+    if uses_fixtures and FIXTURES_SRC.is_dir():
+        fixtures_dir = root / "tests" / "fixtures" / FIXTURES_SRC.name
+        shutil.rmtree(fixtures_dir, ignore_errors=True)
+        for path in sorted(FIXTURES_SRC.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                _write(fixtures_dir / path.relative_to(FIXTURES_SRC), path.read_bytes(), result)
+        result.notes.append(
+            f"tests/fixtures/{FIXTURES_SRC.name}/ ({sum(1 for p in FIXTURES_SRC.rglob('*') if p.is_file())} files) "
+            "holds the reference checkpoints test_checkpoint_compat.py reads; upstream would host them on the Hub"
+        )
+
+    register_in_auto_mappings(package, result)
+    register_in_models_init(package, result)
+    register_checkpoint_conversion(package, result)
+    if doc_text is not None:
+        register_doc(root, doc_text, result)
+    else:
+        result.notes.append(f"{DOC_SRC} is missing: no doc page exported")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Export FAT5 (model, auto mappings, tests, docs) into a transformers source tree (>=5.17,<6).",
+    )
+    parser.add_argument(
+        "transformers_src", type=Path, help="root of the transformers checkout (holds src/transformers)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        result = export(args.transformers_src)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"Exported FAT5 into transformers {result.version} at {result.root}")
+    fixtures = [p for p in result.written if FIXTURES_SRC.name in p.parts]
+    for path in result.written:
+        if path not in fixtures:
+            print(f"  wrote  {path.relative_to(result.root)}")
+    if fixtures:
+        print(f"  wrote  tests/fixtures/{FIXTURES_SRC.name}/ ({len(fixtures)} files)")
+    for path in result.edited:
+        print(f"  edited {path.relative_to(result.root)}")
+    if not result.edited:
+        print("  (the tree's registration files already had FAT5's entries)")
+    for note in result.notes:
+        print(f"note: {note}")
+    for item in result.left_out:
+        print(f"left out: {item}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
