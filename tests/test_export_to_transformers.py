@@ -9,6 +9,7 @@ in-tree model. Set FAT5_EXPORT_ALL_TESTS=1 to run every exported test module (sl
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -253,3 +254,30 @@ def test_mapping_insertion_is_alphabetical_and_replaces():
     )
     assert exporter.insert_mapping_entry(once, "X", "flash_t5", '"F"') == once
     assert exporter.insert_mapping_entry(text, "Y", "flash_t5", '"F"') is None
+
+
+def test_exported_auto_entries_match_the_package_registrations():
+    from transformers.models.auto import modeling_auto
+
+    import fat5
+
+    exported = {}
+    for auto_class, model_class in fat5.AUTO_CLASSES.items():
+        names = auto_class._model_mapping._model_mapping
+        dict_name = next(name for name, value in vars(modeling_auto).items() if value is names)
+        exported[dict_name] = model_class.__name__
+    assert exported == exporter.MODELING_AUTO_ENTRIES
+
+
+def test_exported_model_folder_passes_mlinter(exported_tree):
+    mlinter = shutil.which("mlinter")
+    if mlinter is None:
+        pytest.skip("transformers-mlinter is not installed")
+    tree, _ = exported_tree
+    proc = subprocess.run(
+        [mlinter, str(tree / "src" / "transformers" / "models" / "flash_t5")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
