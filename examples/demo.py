@@ -1,96 +1,95 @@
-"""A first tour of FAT5: build a small model, run every head and `generate`, save, reload through the Auto classes.
+"""The main job, end to end on the CPU (`make demo`): pretrain, finetune extractive QA with `Trainer`, save, reload.
 
-Run with `make demo` (or `python examples/demo.py`). Everything happens on the CPU in a few seconds.
+1. A small FAT5 seq2seq checkpoint (`FlashT5ForConditionalGeneration` + a BPE tokenizer) is built and briefly
+   pretrained with span corruption on `examples/data/corpus.txt` by `pretrain.py`; it is cached under
+   `examples/.cache/`, so a second run reuses it.
+2. `finetune.py` loads `FlashT5ForQuestionAnswering.from_pretrained(checkpoint)` (its encoder, a fresh span head),
+   evaluates exact match and F1 on the held-out questions, finetunes with `Trainer`, evaluates again,
+   `save_pretrained`s the model and tokenizer, and reloads them in a fresh process through
+   `AutoModelForQuestionAnswering`: the predictions must be identical.
+3. A summary table; the run fails (non-zero exit) if finetuning did not beat the untrained head.
+
+    python examples/demo.py                                  # the defaults below
+    python examples/demo.py --max-steps 1000 --output-dir runs/qa
+    python examples/demo.py -- --train-file my_train.jsonl --eval-file my_eval.jsonl   # more finetune.py flags
+
+Other data, other heads, several GPUs: `python examples/finetune.py --help`.
 """
 
-import subprocess
+import argparse
 import sys
-import tempfile
+import time
 from pathlib import Path
 
-import torch
-from transformers import (
-    AutoModel,
-    AutoModelForQuestionAnswering,
-    AutoModelForSeq2SeqLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTextEncoding,
-    AutoModelForTokenClassification,
-)
-
-import fat5
+import finetune
+import pretrain
 
 
-RELOAD_CHECK = """
-import sys, torch, fat5
-from transformers import AutoModelForSeq2SeqLM
-model = AutoModelForSeq2SeqLM.from_pretrained(sys.argv[1]).eval()
-expected = torch.load(sys.argv[2])
-out = model.generate(expected["input_ids"], attention_mask=expected["attention_mask"], max_new_tokens=8, do_sample=False)
-assert torch.equal(out, expected["generated"]), "generation differs after reloading in a fresh process"
-print("fresh process: AutoModelForSeq2SeqLM reloaded the folder and generated the same tokens")
-"""
+PRETRAIN_STEPS = 300
+FINETUNE_STEPS = 400
+LEARNING_RATE = 2e-3
 
 
-def main():
-    torch.manual_seed(0)
-    config = fat5.FlashT5Config(
-        vocab_size=128,
-        d_model=64,
-        d_kv=16,
-        d_ff=128,
-        num_layers=2,
-        num_heads=4,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        dropout_rate=0.0,
-        num_labels=3,
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="demo.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    model = fat5.FlashT5ForConditionalGeneration(config).eval()
-    print(
-        f"FlashT5ForConditionalGeneration: {model.num_parameters():,} parameters, attention '{config._attn_implementation}'"
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=PRETRAIN_STEPS, help=f"default: {PRETRAIN_STEPS} (cached)"
     )
+    parser.add_argument("--max-steps", type=int, default=FINETUNE_STEPS, help=f"finetuning steps ({FINETUNE_STEPS})")
+    parser.add_argument("--learning-rate", type=float, default=LEARNING_RATE, help=f"default: {LEARNING_RATE}")
+    parser.add_argument("--output-dir", default="demo_output/qa", help="default: demo_output/qa (replaced)")
+    parser.add_argument("finetune_args", nargs="*", help="more finetune.py flags, after `--`")
+    return parser
 
-    input_ids = torch.randint(2, config.vocab_size, (2, 12))
-    input_ids[:, -1] = config.eos_token_id
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, :4] = 0  # left padding on the second row
-    labels = torch.randint(2, config.vocab_size, (2, 6))
 
-    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-    print(f"seq2seq loss on random labels: {loss.item():.3f} (about ln(vocab) = {torch.tensor(128.0).log():.3f})")
-    greedy = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=8, do_sample=False)
-    beams = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=8, num_beams=3)
-    print(f"generate: greedy {tuple(greedy.shape)}, beam search {tuple(beams.shape)}")
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    print("== 1/3 pretrained checkpoint", flush=True)
+    checkpoint = pretrain.cached_checkpoint(steps=args.pretrain_steps)
+    pretrain_s = time.perf_counter() - started
 
-    with tempfile.TemporaryDirectory() as workdir:
-        folder = Path(workdir) / "fat5-demo"
-        model.save_pretrained(folder)
-        files = sorted(p.name for p in Path(folder).iterdir())
-        print(f"save_pretrained wrote {files}")
-        for auto_class in (
-            AutoModel,
-            AutoModelForSeq2SeqLM,
-            AutoModelForTextEncoding,
-            AutoModelForSequenceClassification,
-            AutoModelForQuestionAnswering,
-            AutoModelForTokenClassification,
-        ):
-            head = auto_class.from_pretrained(folder).eval()
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if auto_class in (AutoModel, AutoModelForSeq2SeqLM):
-                inputs["decoder_input_ids"] = labels
-            with torch.no_grad():
-                output = head(**inputs)
-            shapes = {name: tuple(value.shape) for name, value in output.items() if isinstance(value, torch.Tensor)}
-            print(f"{auto_class.__name__:36s} -> {type(head).__name__:34s} {shapes}")
+    print("\n== 2/3 finetuning FlashT5ForQuestionAnswering with Trainer", flush=True)
+    argv = ["--head", "qa", "--model", str(checkpoint), "--output-dir", args.output_dir, "--overwrite"]
+    argv += ["--max-steps", str(args.max_steps), "--learning-rate", str(args.learning_rate), *args.finetune_args]
+    finetune_args = finetune.build_parser().parse_args(argv)
+    try:
+        results = finetune.run(finetune_args)
+    except finetune.UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
-        expected = {"input_ids": input_ids, "attention_mask": attention_mask, "generated": greedy}
-        torch.save(expected, Path(workdir) / "expected.pt")
-        subprocess.run(
-            [sys.executable, "-c", RELOAD_CHECK, str(folder), str(Path(workdir) / "expected.pt")], check=True
+    before, after, reload = results["before"], results["after"], results.get("reload")
+    total_s = time.perf_counter() - started
+    print("\n== 3/3 summary")
+    rows = [
+        ("checkpoint", str(checkpoint)),
+        ("pretraining (or cache)", f"{pretrain_s:.0f} s"),
+        ("data", f"{results['train_examples']} training / {results['eval_examples']} held-out questions"),
+        ("finetuning", f"{args.max_steps} steps, {results['timings']['train_s']:.0f} s on {results['device']}"),
+        ("exact match", f"{before['exact_match']:5.1f} -> {after['exact_match']:5.1f}"),
+        ("F1", f"{before['f1']:5.1f} -> {after['f1']:5.1f}"),
+        ("saved", f"{Path(args.output_dir) / 'model'}: {', '.join(results['saved_files'])}"),
+    ]
+    if reload:
+        rows.append(
+            (
+                "fresh-process reload",
+                f"{reload['reloaded_class']} via AutoModelForQuestionAnswering: same predictions on "
+                f"{reload['examples']} examples (max |diff| {reload['max_abs_diff']:.1e})",
+            )
         )
+    rows.append(("total", f"{total_s:.0f} s"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    if not (after["f1"] > before["f1"] and after["exact_match"] > before["exact_match"]):
+        print("error: the finetuned model does not beat the untrained head", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

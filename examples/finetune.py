@@ -19,12 +19,14 @@ Datasets (JSON lines, one example a line):
 The output folder holds `model/` (config.json, model.safetensors, generation_config.json for seq2seq, the tokenizer:
 everything `from_pretrained` and `push_to_hub` need, nothing else) and `results.json` (metrics before and after).
 
-Several GPUs (or machines): the same script under `accelerate launch`, e.g.
+Several GPUs: the same script under `accelerate launch`, with the configs of `examples/accelerate/` (DDP, or FSDP
+with one shard unit per FlashT5Block; both bf16):
 
-    accelerate launch --multi_gpu --num_processes 8 examples/finetune.py --head qa --model CHECKPOINT \\
-        --output-dir runs/qa --batch-size 32 --bf16
+    accelerate launch --config_file examples/accelerate/ddp.yaml --num_processes 8 examples/finetune.py \\
+        --head qa --model CHECKPOINT --output-dir runs/qa --batch-size 32
+    accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 8 examples/finetune.py ...
 
-(the batch size is per device). On a GPU the model uses FAT5's Triton attention ("fat5") by default.
+(the batch size is per process). On a GPU the model uses FAT5's Triton attention ("fat5") by default.
 """
 
 import argparse
@@ -570,6 +572,8 @@ def run(args) -> dict:
             "bf16": args.bf16,
             "disable_tqdm": args.quiet,
             "dataloader_num_workers": 0,
+            # Without a GPU, processes started by `accelerate launch` (torchrun) must join a gloo group on the CPU.
+            "use_cpu": not torch.cuda.is_available(),
         }
         generation_kwargs = None
         if head == "seq2seq":
@@ -617,19 +621,24 @@ def run(args) -> dict:
         results["train_loss"] = train_result.training_loss
         results["after"], predictions, timings["eval_after_s"] = evaluate()
 
+        # Every process takes part in saving (FSDP gathers the full state dict); the main process writes.
+        model_dir = workdir / "model"
+        trainer.save_model(str(model_dir))
         if not trainer.is_world_process_zero():
             return results
-        model_dir = workdir / "model"
-        trainer.model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        (model_dir / "training_args.bin").unlink(missing_ok=True)
         results["saved_files"] = sorted(p.name for p in model_dir.iterdir())
         if not args.no_reload_check:
             t = time.perf_counter()
-            results["reload"] = check_reload(head, trainer.model, model_dir, task, workdir, generation_kwargs)
+            # A sharded (FSDP) model cannot run on one process alone: compare with the saved weights loaded here.
+            here = AUTO_CLASSES[head].from_pretrained(model_dir) if trainer.is_fsdp_enabled else trainer.model
+            results["reload"] = check_reload(head, here, model_dir, task, workdir, generation_kwargs)
             timings["reload_check_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - started
         results["timings"] = timings
         results["device"] = str(trainer.args.device)
+        results["num_processes"] = trainer.args.world_size
+        results["distributed"] = trainer.accelerator.distributed_type.value
         results["attn_implementation"] = trainer.model.config._attn_implementation
         (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         with open(workdir / "predictions.jsonl", "w", encoding="utf-8") as f:

@@ -180,6 +180,8 @@ def pretrain(
     lines = read_corpus(corpus)
     tokenizer = train_tokenizer(lines)
     model = fat5.FlashT5ForConditionalGeneration(build_config(tokenizer, size))
+    with torch.no_grad():  # T5's untied LM head starts at std 1.0: first logits ~sqrt(d_model) too large
+        model.lm_head.weight.normal_(mean=0.0, std=model.config.hidden_size**-0.5)
     if not quiet:
         print(
             f"pretraining a {model.num_parameters() / 1e6:.1f}M-parameter FAT5 ({size}) for {steps} steps of span "

@@ -198,20 +198,27 @@ def test_push_to_hub_uploads_exactly_what_from_pretrained_needs(tiny_checkpoint,
     )
 
 
-@pytest.mark.parametrize("num_processes", [1, 2])
+@pytest.mark.parametrize("num_processes", [2])
 def test_accelerate_launch(num_processes, tiny_checkpoint, tmp_path):
+    """`accelerate launch` on the CPU: two processes (gloo), DDP training, one save by the main process."""
     accelerate = Path(sys.executable).parent / "accelerate"
     if not accelerate.exists():
         pytest.skip("the accelerate CLI is not installed next to this Python")
     out = tmp_path / "run"
-    command = [str(accelerate), "launch", "--num_processes", str(num_processes), "--cpu", "--num_machines", "1"]
+    # `--multi_gpu` picks accelerate's torchrun launcher; without a GPU the processes form a gloo group on the CPU
+    # (`--cpu` would pick the single-process launcher, or mpirun).
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1"]
     command += ["--mixed_precision", "no", "--dynamo_backend", "no"]
     command += [str(finetune.EXAMPLES_DIR / "finetune.py"), "--head", "seq-cls", "--model", str(tiny_checkpoint)]
     command += ["--output-dir", str(out), *TINY]
-    result = subprocess.run(command, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=300)
+    env = {**SUBPROCESS_ENV, "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
+    assert results["num_processes"] == num_processes, "accelerate did not start the processes asked for"
+    assert results["distributed"] == ("MULTI_CPU" if num_processes > 1 else "NO")
     assert results["reload"]["max_abs_diff"] == 0.0
+    assert set(results["saved_files"]) == EXPECTED_FILES
     assert not list(tmp_path.glob(".*tmp-*"))
 
 
@@ -249,3 +256,12 @@ def test_span_corruption_keeps_every_token():
     for t in inputs[:-1]:
         rebuilt += spans[t] if t in sentinels else [t]
     assert rebuilt == tokens
+
+
+def test_tour_runs():
+    """The quick first tour (`make tour`): every head and generate, saved and reloaded in a fresh process."""
+    result = subprocess.run(
+        [sys.executable, str(finetune.EXAMPLES_DIR / "tour.py")], capture_output=True, text=True, env=SUBPROCESS_ENV
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FlashT5ForQuestionAnswering" in result.stdout and "generated the same tokens" in result.stdout
