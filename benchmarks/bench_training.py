@@ -125,7 +125,7 @@ def time_generate(model, batch, new_tokens=128, repeats=2):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--lengths", type=int, nargs="*", default=[512, 1024, 2048, 4096, 8192, 16384])
     parser.add_argument(
         "--compile-lengths", type=int, nargs="*", default=[512, 1024, 2048, 4096], help="FAT5 compiled"
     )

@@ -559,6 +559,7 @@ class FlashT5PreTrainedModel(PreTrainedModel):
     # The stacks embed with the model's `shared` module whatever `tie_word_embeddings` says: that flag decides only
     # whether the LM head is tied too.
     _shared_embedding_keys: dict[str, str] = {}
+    _head_names = ("qa_outputs", "classifier")
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
         tied_weights_keys = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
@@ -571,18 +572,17 @@ class FlashT5PreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         factor = self.config.initializer_factor
         d_model, d_ff = self.config.hidden_size, self.config.intermediate_size
-        if isinstance(module, FlashT5LayerNorm):
+        # The span and token heads are matched by identity: they are created after the encoder's own `post_init`, so
+        # a branch on the model module (initialised then) would never reach them.
+        if isinstance(module, nn.Linear) and any(module is getattr(self, name, None) for name in self._head_names):
+            init.normal_(module.weight, mean=0.0, std=factor * d_model**-0.5)
+            init.zeros_(module.bias)
+        elif isinstance(module, FlashT5LayerNorm):
             init.constant_(module.weight, factor * 1.0)
         elif hasattr(module, "shared"):
             init.normal_(module.shared.weight, mean=0.0, std=factor * 1.0)
             if hasattr(module, "lm_head") and not self.config.tie_word_embeddings:
                 init.normal_(module.lm_head.weight, mean=0.0, std=factor * 1.0)
-            if hasattr(module, "qa_outputs"):
-                init.normal_(module.qa_outputs.weight, mean=0.0, std=factor * d_model**-0.5)
-                init.zeros_(module.qa_outputs.bias)
-            if hasattr(module, "classifier"):
-                init.normal_(module.classifier.weight, mean=0.0, std=factor * d_model**-0.5)
-                init.zeros_(module.classifier.bias)
         elif isinstance(module, FlashT5ClassificationHead):
             init.normal_(module.dense.weight, mean=0.0, std=factor * d_model**-0.5)
             init.zeros_(module.dense.bias)

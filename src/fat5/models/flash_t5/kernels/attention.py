@@ -1018,6 +1018,11 @@ def dense_bias(bias_kind, bias, seq_m, seq_n, query_offset, max_distance, alibi_
 def _sdpa_with_bias(query, key, value, key_mask, attention_mask, bias, scale, causal, query_offset, dropout):
     """SDPA with every mask and bias folded into one additive (batch|1, heads|1, query, key) tensor."""
     seq_m, seq_n = query.shape[2], key.shape[2]
+    # Causality hides nothing when every key is at or before the first query (a decode step against a cache).
+    causal = causal and seq_n - 1 > query_offset
+    if bias is None and not causal and key_mask is None and attention_mask is None:
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scale)
+        return out.transpose(1, 2).contiguous()
     min_value = torch.finfo(query.dtype).min
     additive = torch.zeros(1, 1, seq_m, seq_n, dtype=torch.float32, device=query.device)
     if bias is not None:
