@@ -229,7 +229,7 @@ def pretrain(
 
 def cached_checkpoint(corpus=DEFAULT_CORPUS, size="small", steps=400, seed=0, cache_dir=CACHE_DIR, quiet=False):
     """The pretrained checkpoint for these settings: reused from `cache_dir` when there, else built there."""
-    key = json.dumps({"size": size, "steps": steps, "seed": seed, "version": 1, "sizes": SIZES[size]}, sort_keys=True)
+    key = json.dumps({"size": size, "steps": steps, "seed": seed, "version": 2, "sizes": SIZES[size]}, sort_keys=True)
     digest = hashlib.sha256(key.encode() + Path(corpus).read_bytes()).hexdigest()[:12]
     folder = Path(cache_dir) / f"fat5-{size}-span-corruption-{steps}steps-{digest}"
     if (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file():
