@@ -152,17 +152,18 @@ def test_alibi(poison, asymmetric):
     check(actual, expected, 1e-5)
 
 
-def test_dense_bias_and_its_gradient(poison):
+@pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
+def test_dense_bias_and_its_gradient(poison, causal):
     heads, seq = 2, 33
     q, k, v = inputs(2, heads, seq, seq, 24, torch.float32, seed=2)
     bias = torch.randn(1, heads, seq, seq, device=DEVICE).requires_grad_()
     mask = padding_mask(2, seq, (33, 9))
     expanded = bias.expand(2, -1, -1, -1)
-    out, _ = A.fat5_attention(Module(), q, k, v, mask, scaling=1.0, position_bias=expanded)
+    out, _ = A.fat5_attention(Module(), q, k, v, mask, scaling=1.0, position_bias=expanded, is_causal=causal)
     grad = torch.randn_like(out)
     actual = [out, *torch.autograd.grad(out, [q, k, v, bias], grad)]
     leaves = [t.detach().double().requires_grad_() for t in (q, k, v, bias)]
-    expected = reference_attention(*leaves[:3], 1.0, bias=leaves[3], key_mask=mask)
+    expected = reference_attention(*leaves[:3], 1.0, bias=leaves[3], key_mask=mask, causal=causal)
     check(actual, [expected, *torch.autograd.grad(expected, leaves, grad.double())], 1e-5)
 
 

@@ -341,8 +341,10 @@ class FlashT5Attention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        # Kernels that compute the bias in place take its parameters instead of a (query x key) tensor.
-        in_kernel = getattr(attention_interface, "computes_position_bias", False)
+        # Kernels that compute the bias in place take its parameters instead of a (query x key) tensor, when they say so
+        # for these lengths.
+        computes_position_bias = getattr(attention_interface, "computes_position_bias", None)
+        in_kernel = computes_position_bias is not None and computes_position_bias(input_shape[1], key_states.shape[-2])
         if position_bias is None and self.has_position_bias:
             position_bias = self.compute_position_bias(
                 input_shape[1], key_states.shape[-2], past_seen_tokens, query_states.device, in_kernel

@@ -11,7 +11,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from .utils import is_triton_available, kernels_can_run
+from .utils import is_decode_step, is_triton_available, kernels_can_run
 
 
 ATTENTION_NAME = "fat5"
@@ -33,9 +33,14 @@ def fat5_attention_forward(module, query, key, value, attention_mask, **kwargs):
     return fat5_attention(module, query, key, value, attention_mask, **kwargs)
 
 
-# The model hands such functions the parameters of the position bias (the T5 table, ALiBi slopes) instead of a dense
-# (query x key) tensor.
-fat5_attention_forward.computes_position_bias = True
+def computes_position_bias(query_length: int, key_length: int) -> bool:
+    """Whether the model should hand `fat5_attention_forward` the parameters of the position bias (the T5 table, the
+    ALiBi slopes) rather than a dense (query x key) tensor: always but in decode steps, where SDPA takes a dense bias
+    that the model builds once for all the layers of its stack."""
+    return not is_decode_step(query_length)
+
+
+fat5_attention_forward.computes_position_bias = computes_position_bias
 
 
 def fat5_attention_mask(

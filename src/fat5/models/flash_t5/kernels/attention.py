@@ -36,7 +36,7 @@ import triton.language as tl
 from torch.nn import functional as F
 
 from ..modeling_flash_t5 import relative_position_bucket
-from .utils import fix_interpreter_loop_bounds, interpreting
+from .utils import fix_interpreter_loop_bounds, interpreting, is_decode_step
 
 
 fix_interpreter_loop_bounds()
@@ -44,8 +44,6 @@ fix_interpreter_loop_bounds()
 BIAS_NONE, BIAS_RELATIVE, BIAS_ALIBI, BIAS_DENSE = 0, 1, 2, 3
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128
-# Up to this many queries (a decode step against a cache), the bias of those rows is built and SDPA runs.
-DECODE_MAX_QUERIES = 16
 LOG2E = 1.4426950408889634
 
 
@@ -861,7 +859,9 @@ def _backward(
     dbias = q.new_empty(0)
     scratch = q.new_empty(0, dtype=torch.float32)
     if bias_grad and bias_kind == BIAS_DENSE:
-        dbias = torch.empty(batch, heads, seq_m, seq_n, dtype=torch.float32, device=q.device)
+        # Causal tiles above the diagonal are never visited: their bias gradient is zero, not left unwritten.
+        allocate = torch.zeros if causal else torch.empty
+        dbias = allocate(batch, heads, seq_m, seq_n, dtype=torch.float32, device=q.device)
     elif bias_grad and bias_kind == BIAS_RELATIVE:
         programs = num_n_blocks * batch * heads
         scratch = torch.empty(programs * (relative_width + config.block_m * config.block_n), device=q.device)
@@ -1020,8 +1020,10 @@ def _sdpa_with_bias(query, key, value, key_mask, attention_mask, bias, scale, ca
     seq_m, seq_n = query.shape[2], key.shape[2]
     # Causality hides nothing when every key is at or before the first query (a decode step against a cache).
     causal = causal and seq_n - 1 > query_offset
-    if bias is None and not causal and key_mask is None and attention_mask is None:
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scale)
+    if not causal and key_mask is None and attention_mask is None:
+        # Nothing to fold: the bias (or none) goes to SDPA as it is, with no extra pass over it.
+        attn_mask = None if bias is None else bias.to(query.dtype)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout, scale=scale)
         return out.transpose(1, 2).contiguous()
     min_value = torch.finfo(query.dtype).min
     additive = torch.zeros(1, 1, seq_m, seq_n, dtype=torch.float32, device=query.device)
@@ -1055,7 +1057,7 @@ def kernel_refusal(query, key, value, attention_mask, dropout) -> str | None:
         return "bf16 under Triton's CPU interpreter"
     if attention_mask is not None and attention_mask.dim() != 2:
         return "a 4D attention mask"
-    if query.shape[2] <= DECODE_MAX_QUERIES and not torch.is_grad_enabled():
+    if is_decode_step(query.shape[2]):
         return "a decode step"
     return None
 

@@ -10,6 +10,15 @@ import os
 import torch
 
 
+# Up to this many queries without autograd (a decode step against a cache), attention runs through SDPA with the bias
+# of those rows: building it is cheap, and the model builds it once for the whole stack.
+DECODE_MAX_QUERIES = 16
+
+
+def is_decode_step(query_length: int) -> bool:
+    return query_length <= DECODE_MAX_QUERIES and not torch.is_grad_enabled()
+
+
 def is_triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 

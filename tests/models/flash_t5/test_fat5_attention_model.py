@@ -1,0 +1,83 @@
+"""The whole model with `attn_implementation="fat5"` (the Triton kernels) against the same weights with "sdpa": logits,
+loss, every parameter gradient (the T5 bucket table included), padding, and `generate` with the cache, for each
+position encoding.
+
+Runs on CPU through Triton's interpreter (set below when there is no CUDA), on the GPU as is.
+"""
+
+import os
+
+import pytest
+import torch
+
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton", reason="the fat5 attention needs Triton")
+
+import fat5  # noqa: E402, F401  (registers the fat5 attention implementation)
+from fat5 import FlashT5Config, FlashT5ForConditionalGeneration  # noqa: E402
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+POSITION_ENCODINGS = {
+    "t5": {},
+    "alibi": {"position_encoding_type": "alibi"},
+    "alibi-asymmetric": {"position_encoding_type": "alibi", "alibi_mode": "asymmetric"},
+    "rope": {"position_encoding_type": "rope"},
+    "fire": {"position_encoding_type": "fire"},
+}
+
+
+def model_pair(**overrides):
+    settings = {
+        "vocab_size": 40, "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2, "num_heads": 4,
+        "relative_attention_num_buckets": 8, "relative_attention_max_distance": 12, "dropout_rate": 0.0,
+        "initializer_factor": 0.5, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1,
+    }  # fmt: skip
+    settings.update(overrides)
+    torch.manual_seed(0)
+    reference = FlashT5ForConditionalGeneration(FlashT5Config(**settings, attn_implementation="sdpa"))
+    kernel = FlashT5ForConditionalGeneration(FlashT5Config(**settings, attn_implementation="fat5"))
+    kernel.load_state_dict(reference.state_dict())
+    return reference.to(DEVICE), kernel.to(DEVICE)
+
+
+def batch():
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(2, 40, (2, 37), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 23:] = 0
+    labels = torch.randint(2, 40, (2, 19), generator=generator)
+    labels[1, 15:] = -100
+    return {
+        "input_ids": input_ids.to(DEVICE),
+        "attention_mask": attention_mask.to(DEVICE),
+        "labels": labels.to(DEVICE),
+    }
+
+
+@pytest.mark.parametrize("encoding", list(POSITION_ENCODINGS))
+def test_training_step_matches_sdpa(encoding):
+    reference, kernel = model_pair(**POSITION_ENCODINGS[encoding])
+    assert kernel.config._attn_implementation == "fat5"
+    inputs = batch()
+    expected = reference(**inputs)
+    actual = kernel(**inputs)
+    torch.testing.assert_close(actual.logits, expected.logits, rtol=1e-4, atol=1e-4)
+    expected_grads = torch.autograd.grad(expected.loss, list(reference.parameters()))
+    actual_grads = torch.autograd.grad(actual.loss, list(kernel.parameters()))
+    for (name, _), got, want in zip(kernel.named_parameters(), actual_grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("encoding", ["t5", "alibi"])
+def test_generate_with_cache_matches_sdpa(encoding):
+    reference, kernel = model_pair(**POSITION_ENCODINGS[encoding])
+    inputs = batch()
+    del inputs["labels"]
+    kwargs = {"max_new_tokens": 20, "min_new_tokens": 20, "do_sample": False}
+    expected = reference.eval().generate(**inputs, **kwargs)
+    actual = kernel.eval().generate(**inputs, **kwargs)
+    assert torch.equal(actual, expected)
