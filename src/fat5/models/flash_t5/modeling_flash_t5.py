@@ -933,6 +933,9 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
 
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = self._shift_right(labels)
+        if labels is not None and self.training:
+            # A training step decodes every target at once: a cache would only hold on to keys and values.
+            use_cache = False
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
             inputs_embeds=decoder_inputs_embeds,

@@ -19,8 +19,12 @@ def is_decode_step(query_length: int) -> bool:
     return query_length <= DECODE_MAX_QUERIES and not torch.is_grad_enabled()
 
 
+# Looked up once: `find_spec` inside a compiled model would break its graph at every attention call.
+_TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+
+
 def is_triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_AVAILABLE
 
 
 def interpreting() -> bool:

@@ -1,0 +1,57 @@
+"""Where a training step's GPU time goes: torch.profiler over a few steps of `bench_training.py`'s setup.
+
+    PYTHONPATH=src python benchmarks/profile_training.py --length 1024 [--model fat5|t5_sdpa] [--compile]
+
+Prints the CUDA kernels (or, with --cpu, the host-side operators) that take the most time, summed over the steps.
+"""
+
+import argparse
+
+import torch
+from bench_training import TOKENS_PER_STEP, VARIANTS
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--length", type=int, default=1024)
+    parser.add_argument("--model", default="fat5", choices=list(VARIANTS))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument(
+        "--cpu", action="store_true", help="also profile host time and sort by it (launch-bound steps)"
+    )
+    args = parser.parse_args()
+
+    build, compiled = VARIANTS[args.model]
+    model = build().cuda().train()
+    step_fn = torch.compile(model) if compiled else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    batch = TOKENS_PER_STEP // args.length
+    input_ids = torch.randint(2, 32000, (batch, args.length), device="cuda")
+    labels = torch.randint(2, 32000, (batch, args.length // 4), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = step_fn(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    if args.cpu:
+        activities.append(torch.profiler.ProfilerActivity.CPU)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(args.steps):
+            step()
+        torch.cuda.synchronize()
+    sort_by = "self_cpu_time_total" if args.cpu else "self_cuda_time_total"
+    print(f"{args.model} L={args.length}: top {sort_by} over {args.steps} steps")
+    table = profiler.key_averages().table(sort_by=sort_by, row_limit=args.rows, max_name_column_width=60)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
