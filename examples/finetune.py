@@ -388,26 +388,9 @@ def load_model(head, path, task_kwargs):
             "with `python -m fat5.models.flash_t5.convert_t5_to_flash_t5`"
         )
     try:
-        model, info = AUTO_CLASSES[head].from_pretrained(path, output_loading_info=True, **task_kwargs)
+        return AUTO_CLASSES[head].from_pretrained(path, **task_kwargs)
     except Exception as e:
         raise UsageError(f"could not load a {head} model from {path}: {str(e).splitlines()[0]}") from None
-    rescale_new_head(model, info["missing_keys"])
-    return model
-
-
-@torch.no_grad()
-def rescale_new_head(model, missing_keys):
-    """Gives a freshly initialised head T5's scale, N(0, d_model**-0.5), zero bias.
-
-    Works around the model's `_init_weights` (fat5 0.1.0): transformers' generic `nn.Linear` initialisation runs after
-    FAT5's own one and leaves the heads at std 1.0, which makes first logits ~sqrt(d_model) too large.
-    """
-    for key in missing_keys:
-        parameter = model.get_parameter(key)
-        if key.endswith("bias"):
-            parameter.zero_()
-        elif parameter.dim() == 2:
-            parameter.normal_(mean=0.0, std=model.config.hidden_size**-0.5)
 
 
 def load_tokenizer(path):
