@@ -11,12 +11,9 @@ Cross-entropy: the LM loss of T = 16384 tokens, D = 768, V = 32128 (T5) and 2501
 z-loss 1e-4, forward + backward through the LM-head matmul: PyTorch as upstream (bf16 logits, `.float()`,
 `F.cross_entropy` + z-loss; eager and compiled), the Triton loss on materialised bf16 logits, and the fused chunked
 `linear_cross_entropy`; time and peak memory above the inputs.
-
-The kernel modules are loaded from their files, so the benchmark runs whatever state the package `__init__`s are in.
 """
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
@@ -26,19 +23,8 @@ import torch
 import torch.nn.functional as F
 import triton
 
-
-KERNELS = Path(__file__).resolve().parent.parent / "src" / "fat5" / "models" / "flash_t5" / "kernels"
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(f"fat5_bench_{name}", KERNELS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-RMS = load("rms_norm")
-CE = load("cross_entropy")
+from fat5.models.flash_t5.kernels import cross_entropy as CE
+from fat5.models.flash_t5.kernels import rms_norm as RMS
 
 
 def t5_layer_norm(x, weight, eps=1e-6):
