@@ -81,3 +81,18 @@ def test_generate_with_cache_matches_sdpa(encoding):
     expected = reference.eval().generate(**inputs, **kwargs)
     actual = kernel.eval().generate(**inputs, **kwargs)
     assert torch.equal(actual, expected)
+
+
+def test_whole_model_compiles_in_one_graph():
+    """`torch.compile(fullgraph=True)` traces a training step through the kernels' custom ops (their fake
+    implementations) and gives the uncompiled step's loss and gradients."""
+    _, kernel = model_pair()
+    inputs = batch()
+    expected = kernel(**inputs).loss
+    expected_grads = torch.autograd.grad(expected, list(kernel.parameters()))
+    compiled = torch.compile(kernel, fullgraph=True, backend="aot_eager")
+    loss = compiled(**inputs).loss
+    grads = torch.autograd.grad(loss, list(kernel.parameters()))
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    for (name, _), got, want in zip(kernel.named_parameters(), grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=name)

@@ -48,12 +48,14 @@ def fat5_attention_mask(
 ) -> torch.Tensor | None:
     """The key-padding mask as a (batch, kv_length) boolean tensor, or None when nothing is padded.
 
-    Causality is not in it: the kernel gets `is_causal` and the query offset and masks in place.
+    Causality is not in it: the kernel gets `is_causal` and the query offset and masks in place. Under
+    `torch.compile` the mask is kept as it is: whether anything is padded depends on the data, which a graph cannot
+    branch on.
     """
     if attention_mask is None:
         return None
     attention_mask = attention_mask[:, -kv_length:].to(torch.bool)
-    if attention_mask.shape[1] == kv_length and bool(attention_mask.all()):
+    if attention_mask.shape[1] == kv_length and not torch.compiler.is_compiling() and bool(attention_mask.all()):
         return None
     return attention_mask
 
