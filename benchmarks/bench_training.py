@@ -69,7 +69,8 @@ def release():
     torch.cuda.reset_peak_memory_stats()
 
 
-def time_training(model, length, steps, warmup, compile_model=False):
+def training_step(model, length, compile_model=False):
+    """One training step of `model` on a fixed random batch of `length`-token sequences (TOKENS_PER_STEP in all)."""
     batch = TOKENS_PER_STEP // length
     model = model.cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -85,6 +86,11 @@ def time_training(model, length, steps, warmup, compile_model=False):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def time_training(model, length, steps, warmup, compile_model=False):
+    step = training_step(model, length, compile_model)
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
@@ -94,7 +100,10 @@ def time_training(model, length, steps, warmup, compile_model=False):
         step()
     torch.cuda.synchronize()
     elapsed = (time.perf_counter() - start) / steps
-    return {"tokens_per_s": batch * length / elapsed, "peak_gb": torch.cuda.max_memory_allocated() / 1e9}
+    return {
+        "tokens_per_s": (TOKENS_PER_STEP // length) * length / elapsed,
+        "peak_gb": torch.cuda.max_memory_allocated() / 1e9,
+    }
 
 
 def measure(label, fn):

@@ -8,7 +8,7 @@ Prints the CUDA kernels (or, with --cpu, the host-side operators) that take the 
 import argparse
 
 import torch
-from bench_training import TOKENS_PER_STEP, VARIANTS
+from bench_training import VARIANTS, training_step
 
 
 def main():
@@ -23,20 +23,7 @@ def main():
     args = parser.parse_args()
 
     build, compiled = VARIANTS[args.model]
-    model = build().cuda().train()
-    step_fn = torch.compile(model) if compiled else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    batch = TOKENS_PER_STEP // args.length
-    input_ids = torch.randint(2, 32000, (batch, args.length), device="cuda")
-    labels = torch.randint(2, 32000, (batch, args.length // 4), device="cuda")
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = step_fn(input_ids=input_ids, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = training_step(build(), args.length, compile_model=compiled)
     for _ in range(3):
         step()
     torch.cuda.synchronize()

@@ -69,12 +69,13 @@ def kernelize(model):
     """
     if not is_triton_available():
         raise ImportError("fat5.kernelize needs Triton (`pip install triton`).")
+    from ..modeling_flash_t5 import FlashT5LayerNorm
     from .cross_entropy import cross_entropy
     from .rms_norm import FusedT5RMSNorm
 
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if type(child).__name__ == "FlashT5LayerNorm":
+            if isinstance(child, FlashT5LayerNorm):
                 fused = FusedT5RMSNorm(child.weight.shape[0], eps=child.variance_epsilon)
                 fused.weight = child.weight
                 setattr(parent, name, fused)
