@@ -96,8 +96,15 @@ def run_both(kernel_kwargs, reference_kwargs, q, k, v, scale, bias_leaf=None, re
 
 @pytest.mark.parametrize(
     "seq_m,seq_n,bidirectional,lengths",
-    [(37, 37, True, None), (37, 37, True, (37, 21)), (45, 45, False, (45, 30)), (20, 45, False, None)],
-    ids=["encoder", "encoder-padded", "decoder-padded", "decoder-cached-keys"],
+    [
+        (37, 37, True, None),
+        (37, 37, True, (37, 21)),
+        (45, 45, False, (45, 30)),
+        (20, 45, False, None),
+        # Far tiles on both sides of the diagonal and a ragged far tile, whose bias tile is clamped to the last one.
+        (100, 100, True, (100, 70)),
+    ],
+    ids=["encoder", "encoder-padded", "decoder-padded", "decoder-cached-keys", "encoder-far-tiles"],
 )
 def test_t5_relative_bias(poison, seq_m, seq_n, bidirectional, lengths):
     num_buckets, max_distance, heads = 8, 12, 3
