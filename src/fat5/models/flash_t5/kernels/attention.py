@@ -131,12 +131,12 @@ def _scores(
     beyond max_distance, where its bias is the single value `far_bias` (log2 domain): no bounds, causal or relative
     position arithmetic per score.
     """
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if BIAS_KIND == 1:
         if FAST:
-            s += far_bias
+            bias = far_bias
         else:
-            # The tile's bias is the precomputed Toeplitz tile of its corner offset: one contiguous block load.
+            # The tile's bias is the precomputed Toeplitz tile of its corner offset: one contiguous block load, issued
+            # before the product so that the two overlap.
             corner = start_n - start_m - query_offset
             tile = tl.minimum(tl.maximum((corner - bias_tile_lo) // TILE_STEP, 0), num_bias_tiles - 1)
             tile_ptrs = (
@@ -145,7 +145,10 @@ def _scores(
                 + tl.arange(0, BLOCK_M)[:, None] * BLOCK_N
                 + tl.arange(0, BLOCK_N)[None, :]
             )
-            s += tl.load(tile_ptrs)
+            bias = tl.load(tile_ptrs)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    if BIAS_KIND == 1:
+        s += bias
     if BIAS_KIND == 2:
         relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
         slope = tl.load(bias_ptr + head)
@@ -497,9 +500,9 @@ def _backward_kv_range(
             if BIAS_KIND == 1:
                 if FAST:
                     if FAR_AFTER:
-                        far_after += tl.sum(ds)
+                        far_after += tl.sum(ds, 1)
                     else:
-                        far_before += tl.sum(ds)
+                        far_before += tl.sum(ds, 1)
                 else:
                     # Sum the tile's diagonals: write it out, read it back skewed (row i shifted left by i), sum the
                     # columns. Diagonal t holds the scores of relative position start_n - start_m - offset + t - (BLOCK_M - 1).
@@ -517,8 +520,9 @@ def _backward_kv_range(
                     diagonal_sums = tl.sum(skewed, 0)
                     relative = start_n - start_m - query_offset - (BLOCK_M - 1) + diagonals
                     in_range = diagonals < BLOCK_M + BLOCK_N - 1
-                    far_after += tl.sum(tl.where(in_range & (relative >= max_distance), diagonal_sums, 0.0))
-                    far_before += tl.sum(tl.where(in_range & (relative <= -max_distance), diagonal_sums, 0.0))
+                    tile_relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
+                    far_after += tl.sum(tl.where(tile_relative >= max_distance, ds, 0.0), 1)
+                    far_before += tl.sum(tl.where(tile_relative <= -max_distance, ds, 0.0), 1)
                     near = in_range & (relative > -max_distance) & (relative < max_distance)
                     tl.atomic_add(relative_grad_row + relative + max_distance, diagonal_sums, mask=near)
     return dk, dv, far_before, far_after
@@ -609,8 +613,10 @@ def _backward_kv_kernel(
     relative_width = 2 * max_distance + 1
     # This program's own row of relative-position gradient sums: no other program writes it.
     relative_grad_row = SCRATCH + (batch_head * tl.num_programs(0) + block_n) * relative_width
-    far_before = 0.0
-    far_after = 0.0
+    # Score-gradient sums beyond max_distance, per row of the query tile: summing within rows is cheap (no exchange
+    # between warps); the rows are summed once, at the end.
+    far_before = tl.zeros([BLOCK_M], dtype=tl.float32)
+    far_after = tl.zeros([BLOCK_M], dtype=tl.float32)
     # Per-program tile buffer through which a tile's diagonals are read (the relative-position sums).
     tile_buffer = SCRATCH + tl.num_programs(0) * tl.num_programs(1) * relative_width
     tile_buffer += (batch_head * tl.num_programs(0) + block_n) * BLOCK_M * BLOCK_N
@@ -661,8 +667,8 @@ def _backward_kv_kernel(
 
     if BIAS_GRAD:
         if BIAS_KIND == 1:
-            tl.atomic_add(relative_grad_row, far_before)
-            tl.atomic_add(relative_grad_row + relative_width - 1, far_after)
+            tl.atomic_add(relative_grad_row, tl.sum(far_before))
+            tl.atomic_add(relative_grad_row + relative_width - 1, tl.sum(far_after))
 
     dk_ptrs = DK + batch * stride_dkb + head * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
     tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
