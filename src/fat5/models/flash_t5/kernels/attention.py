@@ -5,12 +5,13 @@
 
 The bias is never a (query x key) tensor for the position encodings that do not need one:
 
-- T5 relative buckets: the (buckets x heads) table is expanded once per call into a (heads x (2 * max_distance + 1))
-  table of the bias of every relative position `key - query` in [-max_distance, max_distance], through the model's
-  own `relative_position_bucket` (so the kernel's buckets are T5's to the bit); beyond max_distance the bucket no
-  longer changes. The kernel reads it per score, and a tile whose every relative position lies beyond max_distance
-  (most tiles of a long sequence) reads a single value. Backward sums the score gradients of each relative position
-  (a tile's diagonals) in the kernel, one partial row per program; autograd takes them back to the bucket table.
+- T5 relative buckets: a tile's bias depends only on the offset of its corner from the diagonal. The tiles within
+  max_distance of the diagonal come in a few such offsets, whatever the sequence lengths; their bias is gathered once
+  per call from the (buckets x heads) table through the model's own `relative_position_bucket` (so the kernel's
+  buckets are T5's to the bit), and a kernel reads one with a block load. A tile whose every relative position lies
+  beyond max_distance (most tiles of a long sequence) adds a single value. Backward sums the score gradients of each
+  relative position (a tile's diagonals) in the kernel, one partial row per program, and adds them into the table's
+  buckets.
 - ALiBi: `-slope * |key - query|` from the per-head slopes, symmetric or asymmetric (the first half of the heads
   sees only earlier keys, the second half only later ones).
 - Any other bias (FIRE, a user's) is read as a dense (batch|1, heads|1, query, key) tensor, with its gradient.
@@ -28,6 +29,8 @@ The kernels are `torch.library.custom_op`s with fake implementations, so `torch.
 through them. This module imports Triton: import it only where Triton exists.
 """
 
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -100,7 +103,9 @@ def _scores(
     seq_n,
     qk_scale,
     query_offset,
-    max_distance,
+    bias_tiles,
+    num_bias_tiles,
+    bias_tile_lo,
     far_bias,
     key_mask_ptr,
     stride_mask_b,
@@ -112,6 +117,7 @@ def _scores(
     seq_m,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    TILE_STEP: tl.constexpr,
     FAST: tl.constexpr,
     BIAS_KIND: tl.constexpr,
     ALIBI_ASYMMETRIC: tl.constexpr,
@@ -125,14 +131,24 @@ def _scores(
     beyond max_distance, where its bias is the single value `far_bias` (log2 domain): no bounds, causal or relative
     position arithmetic per score.
     """
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if BIAS_KIND == 1:
         if FAST:
-            s += far_bias
+            bias = far_bias
         else:
-            relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
-            index = tl.minimum(tl.maximum(relative, -max_distance), max_distance) + max_distance
-            s += tl.load(bias_ptr + head * (2 * max_distance + 1) + index) * 1.4426950408889634
+            # The tile's bias is the precomputed Toeplitz tile of its corner offset: one contiguous block load, issued
+            # before the product so that the two overlap.
+            corner = start_n - start_m - query_offset
+            tile = tl.minimum(tl.maximum((corner - bias_tile_lo) // TILE_STEP, 0), num_bias_tiles - 1)
+            tile_ptrs = (
+                bias_tiles
+                + (head * num_bias_tiles + tile) * (BLOCK_M * BLOCK_N)
+                + tl.arange(0, BLOCK_M)[:, None] * BLOCK_N
+                + tl.arange(0, BLOCK_N)[None, :]
+            )
+            bias = tl.load(tile_ptrs)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    if BIAS_KIND == 1:
+        s += bias
     if BIAS_KIND == 2:
         relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
         slope = tl.load(bias_ptr + head)
@@ -164,6 +180,14 @@ def _scores(
         keep = tl.load(key_mask_ptr + batch * stride_mask_b + offs_n, mask=offs_n < seq_n, other=0)
         s = tl.where((keep != 0)[None, :], s, float("-inf"))
     return s
+
+
+@triton.jit
+def _far_biases(bias_tiles, head, num_bias_tiles, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """T5's bias beyond max_distance before and after the query (log2 domain): the first and last bias tiles lie wholly
+    there, so any of their elements is it."""
+    tiles = bias_tiles + head * num_bias_tiles * (BLOCK_M * BLOCK_N)
+    return tl.load(tiles), tl.load(tiles + (num_bias_tiles - 1) * (BLOCK_M * BLOCK_N))
 
 
 @triton.jit
@@ -210,8 +234,8 @@ def _key_ranges(
 def _forward_range(
     acc, l_i, m_i, q, k_base, v_base, lo, hi, far_bias, offs_m, offs_d, offs_n_block, start_m, batch, head,
     num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK, stride_mask_b,
-    BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAST: tl.constexpr,
+    BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr, FAST: tl.constexpr,
     BIAS_KIND: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -226,8 +250,8 @@ def _forward_range(
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
         s = _scores(
             q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
-            max_distance, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
-            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK,
+            BIAS_TILES, num_bias_tiles, bias_tile_lo, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
+            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, TILE_STEP, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK,
             PRECISION,
         )  # fmt: skip
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -250,6 +274,7 @@ def _forward_kernel(
     LSE,
     KEY_MASK,
     BIAS,
+    BIAS_TILES,
     stride_qb,
     stride_qh,
     stride_qm,
@@ -273,10 +298,13 @@ def _forward_kernel(
     qk_scale,
     query_offset,
     max_distance,
+    num_bias_tiles,
+    bias_tile_lo,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    TILE_STEP: tl.constexpr,
     BIAS_KIND: tl.constexpr,
     ALIBI_ASYMMETRIC: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -307,31 +335,30 @@ def _forward_kernel(
     bias_before = 0.0
     bias_after = 0.0
     if BIAS_KIND == 1:
-        bias_before = tl.load(BIAS + head * (2 * max_distance + 1)) * 1.4426950408889634
-        bias_after = tl.load(BIAS + head * (2 * max_distance + 1) + 2 * max_distance) * 1.4426950408889634
+        bias_before, bias_after = _far_biases(BIAS_TILES, head, num_bias_tiles, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _forward_range(
         acc, l_i, m_i, q, k_base, v_base, 0, fast_before, bias_before, offs_m, offs_d, offs_n_block, start_m, batch,
         head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-        HEAD_DIM, BLOCK_M, BLOCK_N, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
+        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
     )  # fmt: skip
     acc, l_i, m_i = _forward_range(
         acc, l_i, m_i, q, k_base, v_base, fast_before, general_end, 0.0, offs_m, offs_d, offs_n_block, start_m, batch,
         head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-        HEAD_DIM, BLOCK_M, BLOCK_N, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
+        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
     )  # fmt: skip
     acc, l_i, m_i = _forward_range(
         acc, l_i, m_i, q, k_base, v_base, general_end, fast_after, bias_after, offs_m, offs_d, offs_n_block, start_m,
         batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-        HEAD_DIM, BLOCK_M, BLOCK_N, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
+        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
     )  # fmt: skip
     acc, l_i, m_i = _forward_range(
         acc, l_i, m_i, q, k_base, v_base, fast_after, end, 0.0, offs_m, offs_d, offs_n_block, start_m, batch,
         head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-        HEAD_DIM, BLOCK_M, BLOCK_N, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
+        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
     )  # fmt: skip
 
     empty = l_i == 0.0
@@ -427,8 +454,9 @@ def _backward_kv_range(
     dk, dv, far_before, far_after, k, v, q_base, do_base, lo, hi, far_bias, offs_n, offs_d, offs_m_block, start_n,
     batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom, qk_scale, query_offset, max_distance,
     LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, DBIAS,
-    stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row, tile_buffer,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DIAGONALS: tl.constexpr,
+    stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles,
+    bias_tile_lo, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr,
+    BLOCK_DIAGONALS: tl.constexpr,
     FAST: tl.constexpr, FAR_AFTER: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr,
     ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -449,8 +477,8 @@ def _backward_kv_range(
             delta = tl.load(DELTA + batch_head * seq_m + offs_m, mask=row_ok, other=0.0)
         s = _scores(
             q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
-            max_distance, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
-            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK,
+            BIAS_TILES, num_bias_tiles, bias_tile_lo, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
+            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, TILE_STEP, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK,
             PRECISION,
         )  # fmt: skip
         p = tl.exp2(s - lse[:, None])
@@ -472,9 +500,9 @@ def _backward_kv_range(
             if BIAS_KIND == 1:
                 if FAST:
                     if FAR_AFTER:
-                        far_after += tl.sum(ds)
+                        far_after += tl.sum(ds, 1)
                     else:
-                        far_before += tl.sum(ds)
+                        far_before += tl.sum(ds, 1)
                 else:
                     # Sum the tile's diagonals: write it out, read it back skewed (row i shifted left by i), sum the
                     # columns. Diagonal t holds the scores of relative position start_n - start_m - offset + t - (BLOCK_M - 1).
@@ -492,8 +520,9 @@ def _backward_kv_range(
                     diagonal_sums = tl.sum(skewed, 0)
                     relative = start_n - start_m - query_offset - (BLOCK_M - 1) + diagonals
                     in_range = diagonals < BLOCK_M + BLOCK_N - 1
-                    far_after += tl.sum(tl.where(in_range & (relative >= max_distance), diagonal_sums, 0.0))
-                    far_before += tl.sum(tl.where(in_range & (relative <= -max_distance), diagonal_sums, 0.0))
+                    tile_relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
+                    far_after += tl.sum(tl.where(tile_relative >= max_distance, ds, 0.0), 1)
+                    far_before += tl.sum(tl.where(tile_relative <= -max_distance, ds, 0.0), 1)
                     near = in_range & (relative > -max_distance) & (relative < max_distance)
                     tl.atomic_add(relative_grad_row + relative + max_distance, diagonal_sums, mask=near)
     return dk, dv, far_before, far_after
@@ -511,6 +540,7 @@ def _backward_kv_kernel(
     DV,
     KEY_MASK,
     BIAS,
+    BIAS_TILES,
     DBIAS,
     SCRATCH,
     stride_qb,
@@ -546,10 +576,13 @@ def _backward_kv_kernel(
     qk_scale,
     query_offset,
     max_distance,
+    num_bias_tiles,
+    bias_tile_lo,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    TILE_STEP: tl.constexpr,
     BLOCK_DIAGONALS: tl.constexpr,
     BIAS_KIND: tl.constexpr,
     BIAS_GRAD: tl.constexpr,
@@ -580,16 +613,17 @@ def _backward_kv_kernel(
     relative_width = 2 * max_distance + 1
     # This program's own row of relative-position gradient sums: no other program writes it.
     relative_grad_row = SCRATCH + (batch_head * tl.num_programs(0) + block_n) * relative_width
-    far_before = 0.0
-    far_after = 0.0
+    # Score-gradient sums beyond max_distance, per row of the query tile: summing within rows is cheap (no exchange
+    # between warps); the rows are summed once, at the end.
+    far_before = tl.zeros([BLOCK_M], dtype=tl.float32)
+    far_after = tl.zeros([BLOCK_M], dtype=tl.float32)
     # Per-program tile buffer through which a tile's diagonals are read (the relative-position sums).
     tile_buffer = SCRATCH + tl.num_programs(0) * tl.num_programs(1) * relative_width
     tile_buffer += (batch_head * tl.num_programs(0) + block_n) * BLOCK_M * BLOCK_N
     bias_before = 0.0
     bias_after = 0.0
     if BIAS_KIND == 1:
-        bias_before = tl.load(BIAS + head * relative_width) * 1.4426950408889634
-        bias_after = tl.load(BIAS + head * relative_width + 2 * max_distance) * 1.4426950408889634
+        bias_before, bias_after = _far_biases(BIAS_TILES, head, num_bias_tiles, BLOCK_M, BLOCK_N)
 
     lo, fast_after_end, general_end, fast_before_end = _query_ranges(
         start_n, seq_m, seq_n, query_offset, max_distance, BLOCK_M, BLOCK_N, BIAS_KIND, CAUSAL
@@ -599,7 +633,8 @@ def _backward_kv_kernel(
         offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom, qk_scale,
         query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h,
         stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row,
-        tile_buffer, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DIAGONALS, True, True, BIAS_KIND, BIAS_GRAD, ALIBI_ASYMMETRIC,
+        tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
+        BLOCK_DIAGONALS, True, True, BIAS_KIND, BIAS_GRAD, ALIBI_ASYMMETRIC,
         CAUSAL, HAS_KEY_MASK, PRECISION,
     )  # fmt: skip
     dk, dv, far_before, far_after = _backward_kv_range(
@@ -607,7 +642,8 @@ def _backward_kv_kernel(
         offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom, qk_scale,
         query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h,
         stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row,
-        tile_buffer, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DIAGONALS, False, False, BIAS_KIND, BIAS_GRAD,
+        tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
+        BLOCK_DIAGONALS, False, False, BIAS_KIND, BIAS_GRAD,
         ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
     )  # fmt: skip
     dk, dv, far_before, far_after = _backward_kv_range(
@@ -615,7 +651,8 @@ def _backward_kv_kernel(
         offs_d, offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom,
         qk_scale, query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
         stride_bias_h, stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h, stride_dbias_m,
-        relative_grad_row, tile_buffer, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DIAGONALS, True, False, BIAS_KIND,
+        relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
+        BLOCK_DIAGONALS, True, False, BIAS_KIND,
         BIAS_GRAD, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
     )  # fmt: skip
     dk, dv, far_before, far_after = _backward_kv_range(
@@ -623,14 +660,15 @@ def _backward_kv_kernel(
         offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom, qk_scale,
         query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h,
         stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row,
-        tile_buffer, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_DIAGONALS, False, False, BIAS_KIND, BIAS_GRAD,
+        tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
+        BLOCK_DIAGONALS, False, False, BIAS_KIND, BIAS_GRAD,
         ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
     )  # fmt: skip
 
     if BIAS_GRAD:
         if BIAS_KIND == 1:
-            tl.atomic_add(relative_grad_row, far_before)
-            tl.atomic_add(relative_grad_row + relative_width - 1, far_after)
+            tl.atomic_add(relative_grad_row, tl.sum(far_before))
+            tl.atomic_add(relative_grad_row + relative_width - 1, tl.sum(far_after))
 
     dk_ptrs = DK + batch * stride_dkb + head * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
     tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
@@ -642,8 +680,8 @@ def _backward_kv_kernel(
 def _backward_q_range(
     dq, q, do, lse, delta, k_base, v_base, lo, hi, far_bias, offs_m, offs_d, offs_n_block, start_m, batch, head,
     num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK, stride_mask_b,
-    BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAST: tl.constexpr,
+    BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr, FAST: tl.constexpr,
     BIAS_KIND: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -658,8 +696,8 @@ def _backward_q_range(
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
         s = _scores(
             q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
-            max_distance, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
-            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK,
+            BIAS_TILES, num_bias_tiles, bias_tile_lo, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
+            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, TILE_STEP, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK,
             PRECISION,
         )  # fmt: skip
         p = tl.exp2(s - lse[:, None])
@@ -680,6 +718,7 @@ def _backward_q_kernel(
     DQ,
     KEY_MASK,
     BIAS,
+    BIAS_TILES,
     stride_qb,
     stride_qh,
     stride_qm,
@@ -707,10 +746,13 @@ def _backward_q_kernel(
     qk_scale,
     query_offset,
     max_distance,
+    num_bias_tiles,
+    bias_tile_lo,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    TILE_STEP: tl.constexpr,
     BIAS_KIND: tl.constexpr,
     ALIBI_ASYMMETRIC: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -746,8 +788,7 @@ def _backward_q_kernel(
     bias_before = 0.0
     bias_after = 0.0
     if BIAS_KIND == 1:
-        bias_before = tl.load(BIAS + head * (2 * max_distance + 1)) * 1.4426950408889634
-        bias_after = tl.load(BIAS + head * (2 * max_distance + 1) + 2 * max_distance) * 1.4426950408889634
+        bias_before, bias_after = _far_biases(BIAS_TILES, head, num_bias_tiles, BLOCK_M, BLOCK_N)
 
     fast_before, general_end, fast_after, end = _key_ranges(
         start_m, seq_n, query_offset, max_distance, BLOCK_M, BLOCK_N, BIAS_KIND, CAUSAL
@@ -755,26 +796,26 @@ def _backward_q_kernel(
     dq = _backward_q_range(
         dq, q, do, lse, delta, k_base, v_base, 0, fast_before, bias_before, offs_m, offs_d, offs_n_block, start_m,
         batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-        HEAD_DIM, BLOCK_M, BLOCK_N, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
+        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
     )  # fmt: skip
     dq = _backward_q_range(
         dq, q, do, lse, delta, k_base, v_base, fast_before, general_end, 0.0, offs_m, offs_d, offs_n_block, start_m,
         batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-        HEAD_DIM, BLOCK_M, BLOCK_N, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
+        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
     )  # fmt: skip
     dq = _backward_q_range(
         dq, q, do, lse, delta, k_base, v_base, general_end, fast_after, bias_after, offs_m, offs_d, offs_n_block,
         start_m, batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance,
-        KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-        HEAD_DIM, BLOCK_M, BLOCK_N, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
+        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
     )  # fmt: skip
     dq = _backward_q_range(
         dq, q, do, lse, delta, k_base, v_base, fast_after, end, 0.0, offs_m, offs_d, offs_n_block, start_m,
         batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-        HEAD_DIM, BLOCK_M, BLOCK_N, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
+        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
     )  # fmt: skip
 
     dq_ptrs = DQ + batch * stride_dqb + head * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
@@ -797,7 +838,58 @@ def _new_like_heads_last(batch: int, heads: int, length: int, head_dim: int, lik
     return torch.empty(batch, length, heads, head_dim, dtype=like.dtype, device=like.device).transpose(1, 2)
 
 
-def _forward(q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset):
+@functools.lru_cache(maxsize=64)
+def _bucket_index(
+    num_buckets: int,
+    max_distance: int,
+    bidirectional: bool,
+    query_offset: int,
+    block_m: int,
+    block_n: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, int, int]:
+    """T5's bucket of every score of the near-diagonal tiles, (tiles, block_m, block_n), with the tile count and the
+    corner offset of the first tile.
+
+    A tile's bias depends only on its corner offset `start_n - start_m - query_offset` (relative position = corner +
+    j - i), which steps by gcd(block_m, block_n) from tile to tile. The first and last tiles lie wholly beyond
+    max_distance, so a kernel that clamps a corner into this range reads every tile right, a ragged far one included.
+    """
+    step = math.gcd(block_m, block_n)
+    lo = -query_offset + (query_offset - max_distance - block_n + 1) // step * step
+    hi = -query_offset - (-(query_offset + max_distance + block_m - 1) // step) * step
+    count = (hi - lo) // step + 1
+    corners = torch.arange(count, device=device) * step + lo
+    relative = (
+        corners[:, None, None]
+        + torch.arange(block_n, device=device)[None, None, :]
+        - torch.arange(block_m, device=device)[None, :, None]
+    )
+    return relative_position_bucket(relative, bidirectional, num_buckets, max_distance), count, lo
+
+
+@functools.lru_cache(maxsize=16)
+def _distance_buckets(num_buckets: int, max_distance: int, bidirectional: bool, device: torch.device) -> torch.Tensor:
+    """T5's bucket of each relative position in [-max_distance, max_distance]: beyond it the bucket no longer changes."""
+    relative = torch.arange(-max_distance, max_distance + 1, device=device)
+    return relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+
+
+def _bias_tiles(bias, bias_kind, max_distance, bidirectional, query_offset, config):
+    """The T5 bias of every near-diagonal tile in the log2 domain, (heads, tiles, block_m, block_n), from the
+    (buckets, heads) table: its size does not depend on the sequence lengths. A kernel reads a tile of it with one
+    block load where it would otherwise bucket and gather per score."""
+    if bias_kind != BIAS_RELATIVE:
+        return None, 1, 0
+    index, count, lo = _bucket_index(
+        bias.shape[0], max_distance, bidirectional, query_offset, config.block_m, config.block_n, bias.device
+    )
+    return (bias.t().float()[:, index] * LOG2E).contiguous(), count, lo
+
+
+def _forward(
+    q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, bidirectional, query_offset
+):
     batch, heads, seq_m, head_dim = q.shape
     seq_n = k.shape[2]
     out = torch.empty(batch, seq_m, heads, head_dim, dtype=q.dtype, device=q.device)
@@ -806,14 +898,15 @@ def _forward(q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric
     grid = (triton.cdiv(seq_m, config.block_m), batch * heads)
     key_mask_arg = key_mask if key_mask is not None else q
     bias_arg = bias if bias is not None else q
+    tiles, num_tiles, tile_lo = _bias_tiles(bias, bias_kind, max_distance, bidirectional, query_offset, config)
     _forward_kernel[grid](
-        q, k, v, out, lse, key_mask_arg, bias_arg,
+        q, k, v, out, lse, key_mask_arg, bias_arg, tiles if tiles is not None else q,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(2), out.stride(1),
         key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind),
-        heads, seq_m, seq_n, scale * LOG2E, query_offset, max_distance,
-        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BIAS_KIND=bias_kind, ALIBI_ASYMMETRIC=alibi_asymmetric,
+        heads, seq_m, seq_n, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
+        HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n, TILE_STEP=math.gcd(config.block_m, config.block_n), BIAS_KIND=bias_kind, ALIBI_ASYMMETRIC=alibi_asymmetric,
         CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, PRECISION=_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
@@ -822,7 +915,7 @@ def _forward(q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric
 
 def _backward(
     grad_out, q, k, v, out, lse, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance,
-    query_offset, bias_grad,
+    bidirectional, query_offset, bias_grad,
 ):  # fmt: skip
     batch, heads, seq_m, head_dim = q.shape
     seq_n = k.shape[2]
@@ -867,33 +960,39 @@ def _backward(
         scratch = torch.empty(programs * (relative_width + config.block_m * config.block_n), device=q.device)
         scratch[: programs * relative_width].zero_()
     dbias_strides = (dbias.stride(0), dbias.stride(1), dbias.stride(2)) if dbias.dim() == 4 else (0, 0, 0)
+    tiles, num_tiles, tile_lo = _bias_tiles(bias, bias_kind, max_distance, bidirectional, query_offset, config)
     _backward_kv_kernel[(num_n_blocks, batch * heads)](
-        q, k, v, grad_out, lse, delta, dk, dv, key_mask_arg, bias_arg, dbias if dbias.numel() else q, scratch,
+        q, k, v, grad_out, lse, delta, dk, dv, key_mask_arg, bias_arg, tiles if tiles is not None else q,
+        dbias if dbias.numel() else q, scratch,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(2), grad_out.stride(1),
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
         key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind), *dbias_strides,
-        heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance,
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=math.gcd(config.block_m, config.block_n),
         BLOCK_DIAGONALS=triton.next_power_of_2(config.block_m + config.block_n), BIAS_GRAD=bias_grad, **common,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
 
     config = configs["backward_q"]
+    tiles, num_tiles, tile_lo = _bias_tiles(bias, bias_kind, max_distance, bidirectional, query_offset, config)
     _backward_q_kernel[(triton.cdiv(seq_m, config.block_m), batch * heads)](
-        q, k, v, grad_out, lse, delta, dq, key_mask_arg, bias_arg,
+        q, k, v, grad_out, lse, delta, dq, key_mask_arg, bias_arg, tiles if tiles is not None else q,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(2), grad_out.stride(1),
         dq.stride(0), dq.stride(1), dq.stride(2),
         key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind),
-        heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance,
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, **common,
+        heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=math.gcd(config.block_m, config.block_n), **common,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
 
     if bias_grad and bias_kind == BIAS_RELATIVE:
         partial_rows = scratch[: num_n_blocks * batch * heads * relative_width]
-        dbias = partial_rows.view(batch, heads, num_n_blocks, relative_width).sum((0, 2))
+        by_distance = partial_rows.view(batch, heads, num_n_blocks, relative_width).sum((0, 2))
+        buckets = _distance_buckets(bias.shape[0], max_distance, bidirectional, q.device)
+        dbias = torch.zeros(bias.shape, dtype=torch.float32, device=q.device).index_add_(0, buckets, by_distance.t())
+        dbias = dbias.to(bias.dtype)
     elif bias_grad and bias_kind == BIAS_DENSE:
         reduce_dims = [i for i in range(4) if bias.shape[i] == 1 and dbias.shape[i] != 1]
         if reduce_dims:
@@ -914,13 +1013,16 @@ def attention_forward_op(
     causal: bool,
     alibi_asymmetric: bool,
     max_distance: int,
+    bidirectional: bool,
     query_offset: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset)
+    return _forward(
+        q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, bidirectional, query_offset
+    )
 
 
 @attention_forward_op.register_fake
-def _(q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset):
+def _(q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, bidirectional, query_offset):
     batch, heads, seq_m, head_dim = q.shape
     out = q.new_empty(batch, seq_m, heads, head_dim)
     return out, q.new_empty(batch, heads, seq_m, dtype=torch.float32)
@@ -941,37 +1043,36 @@ def attention_backward_op(
     causal: bool,
     alibi_asymmetric: bool,
     max_distance: int,
+    bidirectional: bool,
     query_offset: int,
     bias_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward(
         grad_out, q, k, v, out, lse, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance,
-        query_offset, bias_grad,
+        bidirectional, query_offset, bias_grad,
     )  # fmt: skip
 
 
 @attention_backward_op.register_fake
 def _(
     grad_out, q, k, v, out, lse, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance,
-    query_offset, bias_grad,
+    bidirectional, query_offset, bias_grad,
 ):  # fmt: skip
     batch, heads, seq_m, head_dim = q.shape
     seq_n = k.shape[2]
     dq = _new_like_heads_last(batch, heads, seq_m, head_dim, q)
     dk = _new_like_heads_last(batch, heads, seq_n, head_dim, k)
     dv = _new_like_heads_last(batch, heads, seq_n, head_dim, v)
-    if bias_grad and bias_kind == BIAS_RELATIVE:
-        return dq, dk, dv, q.new_empty(heads, 2 * max_distance + 1, dtype=torch.float32)
-    if bias_grad and bias_kind == BIAS_DENSE:
+    if bias_grad:
         return dq, dk, dv, bias.new_empty(bias.shape)
     return dq, dk, dv, q.new_empty(0)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset = inputs
+    q, k, v, key_mask, bias, bias_kind, *options = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, key_mask, bias)
-    ctx.options = (bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset)
+    ctx.options = (bias_kind, *options)
 
 
 def _backward_from_autograd(ctx, grad_out, _grad_lse):
@@ -979,26 +1080,13 @@ def _backward_from_autograd(ctx, grad_out, _grad_lse):
     bias_kind = ctx.options[0]
     bias_grad = bias_kind in (BIAS_RELATIVE, BIAS_DENSE) and ctx.needs_input_grad[4]
     dq, dk, dv, dbias = attention_backward_op(grad_out, q, k, v, out, lse, key_mask, bias, *ctx.options, bias_grad)
-    return dq, dk, dv, None, dbias if bias_grad else None, None, None, None, None, None, None
+    return dq, dk, dv, None, dbias if bias_grad else None, None, None, None, None, None, None, None
 
 
 attention_forward_op.register_autograd(_backward_from_autograd, setup_context=_setup_context)
 
 
-def relative_bias_by_distance(
-    relative_attention_bias: torch.Tensor, num_buckets: int, max_distance: int, bidirectional: bool
-) -> torch.Tensor:
-    """(heads, 2 * max_distance + 1): the bias of every relative position in [-max_distance, max_distance].
-
-    Gathered from the (buckets, heads) table with T5's own bucketing, so autograd takes the kernel's gradient back to
-    the table.
-    """
-    relative = torch.arange(-max_distance, max_distance + 1, device=relative_attention_bias.device)
-    buckets = relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
-    return relative_attention_bias.float()[buckets].t().contiguous()
-
-
-def dense_bias(bias_kind, bias, seq_m, seq_n, query_offset, max_distance, alibi_asymmetric, device):
+def dense_bias(bias_kind, bias, seq_m, seq_n, query_offset, max_distance, bidirectional, alibi_asymmetric, device):
     """The (1|batch, heads, seq_m, seq_n) additive bias the kernels compute in place, for the paths they do not take."""
     if bias_kind == BIAS_DENSE:
         return bias
@@ -1006,7 +1094,8 @@ def dense_bias(bias_kind, bias, seq_m, seq_n, query_offset, max_distance, alibi_
         return None
     relative = torch.arange(seq_n, device=device)[None, :] - torch.arange(seq_m, device=device)[:, None] - query_offset
     if bias_kind == BIAS_RELATIVE:
-        return bias[:, relative.clamp(-max_distance, max_distance) + max_distance].unsqueeze(0)
+        buckets = relative_position_bucket(relative, bidirectional, bias.shape[0], max_distance)
+        return bias[buckets].permute(2, 0, 1).unsqueeze(0)
     result = -bias[:, None, None] * relative.abs()
     if alibi_asymmetric:
         half = bias.shape[0] // 2
@@ -1112,9 +1201,12 @@ def fat5_attention(
     if relative_attention_bias is not None:
         max_distance = int(relative_attention_max_distance)
         bias_kind = BIAS_RELATIVE
-        bias = relative_bias_by_distance(
-            relative_attention_bias, int(relative_attention_num_buckets), max_distance, bidirectional
-        )
+        bias = relative_attention_bias
+        if relative_attention_num_buckets is not None and bias.shape[0] != relative_attention_num_buckets:
+            raise ValueError(
+                f"relative_attention_bias has {bias.shape[0]} buckets, relative_attention_num_buckets says "
+                f"{relative_attention_num_buckets}."
+            )
     elif alibi_slopes is not None:
         bias_kind, bias = BIAS_ALIBI, alibi_slopes.float().contiguous()
     elif position_bias is not None:
@@ -1124,7 +1216,9 @@ def fat5_attention(
 
     refusal = kernel_refusal(query, key, value, attention_mask, dropout)
     if refusal is not None:
-        full_bias = dense_bias(bias_kind, bias, seq_m, seq_n, offset, max_distance, alibi_asymmetric, query.device)
+        full_bias = dense_bias(
+            bias_kind, bias, seq_m, seq_n, offset, max_distance, bidirectional, alibi_asymmetric, query.device
+        )
         key_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
         other_mask = attention_mask if key_mask is None else None
         out = _sdpa_with_bias(query, key, value, key_mask, other_mask, full_bias, scale, causal, offset, dropout)
@@ -1135,9 +1229,20 @@ def fat5_attention(
     if attention_mask is not None:
         key_mask = attention_mask.to(torch.bool).contiguous().view(torch.uint8)
     out, _ = attention_forward_op(
-        query, key, value, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, offset
+        query,
+        key,
+        value,
+        key_mask,
+        bias,
+        bias_kind,
+        scale,
+        causal,
+        alibi_asymmetric,
+        max_distance,
+        bidirectional,
+        offset,
     )
     return out, None
 
 
-__all__ = ["fat5_attention", "relative_bias_by_distance"]
+__all__ = ["fat5_attention"]
