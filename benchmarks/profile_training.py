@@ -1,8 +1,10 @@
 """Where a training step's GPU time goes: torch.profiler over a few steps of `bench_training.py`'s setup.
 
-    PYTHONPATH=src python benchmarks/profile_training.py --length 1024 [--model fat5|t5_sdpa] [--compile]
+    PYTHONPATH=src python benchmarks/profile_training.py --length 1024 [--model fat5|t5_sdpa|...] [--cpu] [--sync-debug]
 
 Prints the CUDA kernels (or, with --cpu, the host-side operators) that take the most time, summed over the steps.
+With --sync-debug, every operation of the profiled steps that makes the host wait for the GPU prints a warning: a
+step whose wall time exceeds its GPU time either launches too slowly or synchronises.
 """
 
 import argparse
@@ -20,6 +22,7 @@ def main():
     parser.add_argument(
         "--cpu", action="store_true", help="also profile host time and sort by it (launch-bound steps)"
     )
+    parser.add_argument("--sync-debug", action="store_true", help="warn at each host-GPU synchronisation")
     args = parser.parse_args()
 
     build, compiled = VARIANTS[args.model]
@@ -30,9 +33,12 @@ def main():
     activities = [torch.profiler.ProfilerActivity.CUDA]
     if args.cpu:
         activities.append(torch.profiler.ProfilerActivity.CPU)
+    if args.sync_debug:
+        torch.cuda.set_sync_debug_mode("warn")
     with torch.profiler.profile(activities=activities) as profiler:
         for _ in range(args.steps):
             step()
+        torch.cuda.set_sync_debug_mode("default")
         torch.cuda.synchronize()
     sort_by = "self_cpu_time_total" if args.cpu else "self_cuda_time_total"
     print(f"{args.model} L={args.length}: top {sort_by} over {args.steps} steps")
