@@ -26,8 +26,8 @@ the call (documented in `fat5_attention`): attention dropout in training, head d
 fp16/bf16/fp32, 4D attention masks, and decode steps (a few queries against a cache, where building the bias of those
 rows is cheap and the fused kernel gains nothing).
 
-The kernels are `torch.library.custom_op`s with fake implementations, so `torch.compile(fullgraph=True)` traces
-through them. This module imports Triton: import it only where Triton exists.
+The ops are `torch.library.triton_op`s on GPUs (see `kernel_op`): `torch.compile(fullgraph=True)` traces into them
+and launches the kernels from the compiled graph. This module imports Triton: import it only where Triton exists.
 """
 
 import functools
@@ -37,10 +37,11 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 from torch.nn import functional as F
 
 from ..modeling_flash_t5 import relative_position_bucket
-from .utils import fix_interpreter_loop_bounds, interpreting, is_decode_step
+from .utils import fix_interpreter_loop_bounds, interpreting, is_decode_step, kernel_op
 
 
 fix_interpreter_loop_bounds()
@@ -312,6 +313,8 @@ def _forward_kernel(
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
     start_m = tl.program_id(0) * BLOCK_M
     batch_head = tl.program_id(1)
     batch = batch_head // num_heads
@@ -592,6 +595,9 @@ def _backward_kv_kernel(
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
+    scale = tl.cast(scale, tl.float32)
+    qk_scale = tl.cast(qk_scale, tl.float32)
     """dK and dV of one key block, looping over the query blocks; also the bias gradient of each tile."""
     block_n = tl.program_id(0)
     start_n = block_n * BLOCK_N
@@ -760,6 +766,9 @@ def _backward_q_kernel(
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
+    scale = tl.cast(scale, tl.float32)
+    qk_scale = tl.cast(qk_scale, tl.float32)
     """dQ of one query block, looping over the key blocks."""
     start_m = tl.program_id(0) * BLOCK_M
     batch_head = tl.program_id(1)
@@ -908,7 +917,7 @@ def _forward(q, k, v, key_mask, bias, tiles, bias_kind, scale, causal, alibi_asy
     key_mask_arg = key_mask if key_mask is not None else q
     bias_arg = bias if bias is not None else q
     tiles, num_tiles, tile_lo = _tile_arguments(tiles, max_distance, query_offset, config, q)
-    _forward_kernel[grid](
+    wrap_triton(_forward_kernel)[grid](
         q, k, v, out, lse, key_mask_arg, bias_arg, tiles,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(2), out.stride(1),
@@ -934,7 +943,7 @@ def _backward(
 
     delta = torch.empty(batch, heads, seq_m, dtype=torch.float32, device=q.device)
     delta_block = 64
-    _backward_delta_kernel[(triton.cdiv(seq_m, delta_block), batch * heads)](
+    wrap_triton(_backward_delta_kernel)[(triton.cdiv(seq_m, delta_block), batch * heads)](
         out, grad_out, delta, out.stride(0), out.stride(2), out.stride(1),
         grad_out.stride(0), grad_out.stride(2), grad_out.stride(1), heads, seq_m,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=delta_block,
@@ -970,7 +979,7 @@ def _backward(
         scratch[: programs * relative_width].zero_()
     dbias_strides = (dbias.stride(0), dbias.stride(1), dbias.stride(2)) if dbias.dim() == 4 else (0, 0, 0)
     tiles, num_tiles, tile_lo = _tile_arguments(kv_tiles, max_distance, query_offset, config, q)
-    _backward_kv_kernel[(num_n_blocks, batch * heads)](
+    wrap_triton(_backward_kv_kernel)[(num_n_blocks, batch * heads)](
         q, k, v, grad_out, lse, delta, dk, dv, key_mask_arg, bias_arg, tiles,
         dbias if dbias.numel() else q, scratch,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -985,7 +994,7 @@ def _backward(
 
     config = configs["backward_q"]
     tiles, num_tiles, tile_lo = _tile_arguments(q_tiles, max_distance, query_offset, config, q)
-    _backward_q_kernel[(triton.cdiv(seq_m, config.block_m), batch * heads)](
+    wrap_triton(_backward_q_kernel)[(triton.cdiv(seq_m, config.block_m), batch * heads)](
         q, k, v, grad_out, lse, delta, dq, key_mask_arg, bias_arg, tiles,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(2), grad_out.stride(1),
@@ -1007,7 +1016,29 @@ def _backward(
     return dq, dk, dv, dbias
 
 
-@torch.library.custom_op("fat5::attention_forward", mutates_args=(), device_types=None)
+def _attention_forward_fake(
+    q, k, v, key_mask, bias, forward_tiles, backward_kv_tiles, backward_q_tiles, bias_kind, *options
+):
+    batch, heads, seq_m, head_dim = q.shape
+    out = q.new_empty(batch, seq_m, heads, head_dim)
+    return out, q.new_empty(batch, heads, seq_m, dtype=torch.float32)
+
+
+def _attention_backward_fake(
+    grad_out, q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, bias_kind, *options
+):
+    batch, heads, seq_m, head_dim = q.shape
+    seq_n = k.shape[2]
+    bias_grad = options[-1]
+    dq = _new_like_heads_last(batch, heads, seq_m, head_dim, q)
+    dk = _new_like_heads_last(batch, heads, seq_n, head_dim, k)
+    dv = _new_like_heads_last(batch, heads, seq_n, head_dim, v)
+    if bias_grad:
+        return dq, dk, dv, bias.new_empty(bias.shape)
+    return dq, dk, dv, q.new_empty(0)
+
+
+@kernel_op("fat5::attention_forward", _attention_forward_fake)
 def attention_forward_op(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -1029,14 +1060,7 @@ def attention_forward_op(
     )
 
 
-@attention_forward_op.register_fake
-def _(q, k, v, key_mask, bias, forward_tiles, backward_kv_tiles, backward_q_tiles, bias_kind, *options):
-    batch, heads, seq_m, head_dim = q.shape
-    out = q.new_empty(batch, seq_m, heads, head_dim)
-    return out, q.new_empty(batch, heads, seq_m, dtype=torch.float32)
-
-
-@torch.library.custom_op("fat5::attention_backward", mutates_args=(), device_types=None)
+@kernel_op("fat5::attention_backward", _attention_backward_fake)
 def attention_backward_op(
     grad_out: torch.Tensor,
     q: torch.Tensor,
@@ -1060,19 +1084,6 @@ def attention_backward_op(
         grad_out, q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, bias_kind, scale, causal,
         alibi_asymmetric, max_distance, query_offset, bias_grad,
     )  # fmt: skip
-
-
-@attention_backward_op.register_fake
-def _(grad_out, q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, bias_kind, *options):
-    batch, heads, seq_m, head_dim = q.shape
-    seq_n = k.shape[2]
-    bias_grad = options[-1]
-    dq = _new_like_heads_last(batch, heads, seq_m, head_dim, q)
-    dk = _new_like_heads_last(batch, heads, seq_n, head_dim, k)
-    dv = _new_like_heads_last(batch, heads, seq_n, head_dim, v)
-    if bias_grad:
-        return dq, dk, dv, bias.new_empty(bias.shape)
-    return dq, dk, dv, q.new_empty(0)
 
 
 def _setup_context(ctx, inputs, output):
