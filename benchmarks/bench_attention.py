@@ -23,7 +23,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from triton.testing import do_bench
+from triton.testing import do_bench, do_bench_cudagraph
 
 from fat5.models.flash_t5.kernels import attention
 from fat5.models.flash_t5.kernels.attention import fat5_attention
@@ -127,7 +127,7 @@ def check(q, k, v, table):
     return {"errors": errors}
 
 
-def measure(fn, q, k, v, table, grad_out, backward):
+def measure(fn, q, k, v, table, grad_out, backward, cuda_graphs=False):
     inputs = (q, k, v, table)
     base = torch.cuda.memory_allocated()
 
@@ -143,7 +143,10 @@ def measure(fn, q, k, v, table, grad_out, backward):
         step()
         torch.cuda.synchronize()
         extra_gb = (torch.cuda.max_memory_allocated() - base) / 1e9
-        ms = do_bench(step, warmup=25, rep=100, return_mode="median")
+        if cuda_graphs:
+            ms = do_bench_cudagraph(step, rep=100, return_mode="median")
+        else:
+            ms = do_bench(step, warmup=25, rep=100, return_mode="median")
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return {"oom": True}
@@ -195,6 +198,12 @@ def main():
     parser.add_argument("--dense-max-length", type=int, default=8192, help="dense-bias SDPA above this is OOM")
     parser.add_argument("--out", default="bench_attention.json")
     parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="time calls replayed from a CUDA graph: the GPU's time without the host's (which bounds eager calls at "
+        "small N)",
+    )
+    parser.add_argument(
         "--sweep", action="store_true", help="first try tile configurations at N = 4096, keep the best"
     )
     args = parser.parse_args()
@@ -218,7 +227,7 @@ def main():
                 candidates["flex"] = run_flex
             for name, fn in candidates.items():
                 for backward in (False, True):
-                    timing = measure(fn, q, k, v, table, grad_out, backward)
+                    timing = measure(fn, q, k, v, table, grad_out, backward, args.cuda_graphs)
                     if "ms" in timing:
                         timing["tflops"] = flops * (3.5 if backward else 1.0) / (timing["ms"] * 1e-3) / 1e12
                     row[f"{name}/{'fwd+bwd' if backward else 'fwd'}"] = timing
@@ -228,7 +237,15 @@ def main():
             torch.cuda.empty_cache()
 
     with open(args.out, "w") as handle:
-        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": results}, handle)
+        json.dump(
+            {
+                "device": torch.cuda.get_device_name(),
+                "torch": torch.__version__,
+                "cuda_graphs": args.cuda_graphs,
+                "rows": results,
+            },
+            handle,
+        )
 
     def cell(row, key, field="tflops"):
         entry = row.get(key)

@@ -5,13 +5,14 @@
 
 The bias is never a (query x key) tensor for the position encodings that do not need one:
 
-- T5 relative buckets: a tile's bias depends only on the offset of its corner from the diagonal. The tiles within
-  max_distance of the diagonal come in a few such offsets, whatever the sequence lengths; their bias is gathered once
-  per call from the (buckets x heads) table through the model's own `relative_position_bucket` (so the kernel's
-  buckets are T5's to the bit), and a kernel reads one with a block load. A tile whose every relative position lies
-  beyond max_distance (most tiles of a long sequence) adds a single value. Backward sums the score gradients of each
-  relative position (a tile's diagonals) in the kernel, one partial row per program, and adds them into the table's
-  buckets.
+- T5 relative buckets: the (buckets x heads) table is expanded into the bias of every relative position `key -
+  query` in [-max_distance, max_distance] through the model's own `relative_position_bucket` (so the kernel's
+  buckets are T5's to the bit); beyond max_distance the bucket no longer changes. A tile's bias depends only on the
+  offset of its corner from the diagonal, and the tiles within max_distance of the diagonal come in a few such
+  offsets whatever the sequence lengths: their bias is gathered once, in the caller's graph, and a kernel reads one
+  with a block load. A tile whose every relative position lies beyond max_distance (most tiles of a long sequence)
+  adds a single value. Backward sums the score gradients of each relative position (a tile's diagonals) in the
+  kernel, one partial row per program; autograd takes them back to the bucket table.
 - ALiBi: `-slope * |key - query|` from the per-head slopes, symmetric or asymmetric (the first half of the heads
   sees only earlier keys, the second half only later ones).
 - Any other bias (FIRE, a user's) is read as a dense (batch|1, heads|1, query, key) tensor, with its gradient.
@@ -25,8 +26,8 @@ the call (documented in `fat5_attention`): attention dropout in training, head d
 fp16/bf16/fp32, 4D attention masks, and decode steps (a few queries against a cache, where building the bias of those
 rows is cheap and the fused kernel gains nothing).
 
-The kernels are `torch.library.custom_op`s with fake implementations, so `torch.compile(fullgraph=True)` traces
-through them. This module imports Triton: import it only where Triton exists.
+The ops are `torch.library.triton_op`s on GPUs (see `kernel_op`): `torch.compile(fullgraph=True)` traces into them
+and launches the kernels from the compiled graph. This module imports Triton: import it only where Triton exists.
 """
 
 import functools
@@ -36,10 +37,11 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 from torch.nn import functional as F
 
 from ..modeling_flash_t5 import relative_position_bucket
-from .utils import fix_interpreter_loop_bounds, interpreting, is_decode_step
+from .utils import fix_interpreter_loop_bounds, interpreting, is_decode_step, kernel_op
 
 
 fix_interpreter_loop_bounds()
@@ -79,7 +81,7 @@ TUNED_CONFIGS = {
     "narrow": {
         "forward": KernelConfig(64, 64, 4, 3),
         "backward_kv": KernelConfig(64, 64, 4, 3),
-        "backward_q": KernelConfig(64, 32, 4, 3),
+        "backward_q": KernelConfig(64, 64, 4, 3),
     },
     "wide": {
         "forward": KernelConfig(128, 64, 8, 3),
@@ -311,6 +313,8 @@ def _forward_kernel(
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
     start_m = tl.program_id(0) * BLOCK_M
     batch_head = tl.program_id(1)
     batch = batch_head // num_heads
@@ -591,6 +595,9 @@ def _backward_kv_kernel(
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
+    scale = tl.cast(scale, tl.float32)
+    qk_scale = tl.cast(qk_scale, tl.float32)
     """dK and dV of one key block, looping over the query blocks; also the bias gradient of each tile."""
     block_n = tl.program_id(0)
     start_n = block_n * BLOCK_N
@@ -759,6 +766,9 @@ def _backward_q_kernel(
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
+    scale = tl.cast(scale, tl.float32)
+    qk_scale = tl.cast(qk_scale, tl.float32)
     """dQ of one query block, looping over the key blocks."""
     start_m = tl.program_id(0) * BLOCK_M
     batch_head = tl.program_id(1)
@@ -838,18 +848,8 @@ def _new_like_heads_last(batch: int, heads: int, length: int, head_dim: int, lik
     return torch.empty(batch, length, heads, head_dim, dtype=like.dtype, device=like.device).transpose(1, 2)
 
 
-@functools.lru_cache(maxsize=64)
-def _bucket_index(
-    num_buckets: int,
-    max_distance: int,
-    bidirectional: bool,
-    query_offset: int,
-    block_m: int,
-    block_n: int,
-    device: torch.device,
-) -> tuple[torch.Tensor, int, int]:
-    """T5's bucket of every score of the near-diagonal tiles, (tiles, block_m, block_n), with the tile count and the
-    corner offset of the first tile.
+def _tile_layout(max_distance: int, query_offset: int, block_m: int, block_n: int) -> tuple[int, int, int]:
+    """(step, first corner, count) of the near-diagonal bias tiles of one tile shape.
 
     A tile's bias depends only on its corner offset `start_n - start_m - query_offset` (relative position = corner +
     j - i), which steps by gcd(block_m, block_n) from tile to tile. The first and last tiles lie wholly beyond
@@ -858,38 +858,56 @@ def _bucket_index(
     step = math.gcd(block_m, block_n)
     lo = -query_offset + (query_offset - max_distance - block_n + 1) // step * step
     hi = -query_offset - (-(query_offset + max_distance + block_m - 1) // step) * step
-    count = (hi - lo) // step + 1
+    return step, lo, (hi - lo) // step + 1
+
+
+def _tile_index(
+    max_distance: int, query_offset: int, block_m: int, block_n: int, device: torch.device
+) -> torch.Tensor:
+    """Index into the by-distance bias of every score of each near-diagonal tile: (tiles, block_m, block_n)."""
+    step, lo, count = _tile_layout(max_distance, query_offset, block_m, block_n)
     corners = torch.arange(count, device=device) * step + lo
     relative = (
         corners[:, None, None]
         + torch.arange(block_n, device=device)[None, None, :]
         - torch.arange(block_m, device=device)[None, :, None]
     )
-    return relative_position_bucket(relative, bidirectional, num_buckets, max_distance), count, lo
+    return relative.clamp(-max_distance, max_distance) + max_distance
 
 
-@functools.lru_cache(maxsize=16)
-def _distance_buckets(num_buckets: int, max_distance: int, bidirectional: bool, device: torch.device) -> torch.Tensor:
-    """T5's bucket of each relative position in [-max_distance, max_distance]: beyond it the bucket no longer changes."""
-    relative = torch.arange(-max_distance, max_distance + 1, device=device)
-    return relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+_cached_tile_index = functools.lru_cache(maxsize=64)(_tile_index)
 
 
-def _bias_tiles(bias, bias_kind, max_distance, bidirectional, query_offset, config):
-    """The T5 bias of every near-diagonal tile in the log2 domain, (heads, tiles, block_m, block_n), from the
-    (buckets, heads) table: its size does not depend on the sequence lengths. A kernel reads a tile of it with one
-    block load where it would otherwise bucket and gather per score."""
-    if bias_kind != BIAS_RELATIVE:
-        return None, 1, 0
-    index, count, lo = _bucket_index(
-        bias.shape[0], max_distance, bidirectional, query_offset, config.block_m, config.block_n, bias.device
-    )
-    return (bias.t().float()[:, index] * LOG2E).contiguous(), count, lo
+def relative_bias_tiles(
+    by_distance: torch.Tensor, max_distance: int, query_offset: int, configs: dict[str, KernelConfig]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The T5 bias of every near-diagonal tile in the log2 domain, (heads, tiles, block_m, block_n), for the tile
+    shapes of the forward, key/value-gradient and query-gradient kernels: its size does not depend on the sequence
+    lengths. A kernel reads a tile of it with one block load where it would otherwise gather per score.
+
+    Built in the caller's graph, not in the kernels' custom op: under torch.compile it fuses into one kernel that
+    every layer of a stack shares, and the op's own host work stays that of the launches.
+    """
+    scaled = by_distance.detach() * LOG2E
+    index = _tile_index if torch.compiler.is_compiling() else _cached_tile_index
+    tiles = {}
+    for config in configs.values():
+        shape = (config.block_m, config.block_n)
+        if shape not in tiles:
+            tiles[shape] = scaled[:, index(max_distance, query_offset, *shape, by_distance.device)]
+    forward, backward_kv, backward_q = (configs[name] for name in ("forward", "backward_kv", "backward_q"))
+    return tuple(tiles[(config.block_m, config.block_n)] for config in (forward, backward_kv, backward_q))
 
 
-def _forward(
-    q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, bidirectional, query_offset
-):
+def _tile_arguments(tiles, max_distance, query_offset, config, like):
+    """Pointer, count and first corner of a kernel's bias tiles (a placeholder without the T5 bias)."""
+    if tiles is None:
+        return like, 1, 0
+    _, lo, count = _tile_layout(max_distance, query_offset, config.block_m, config.block_n)
+    return tiles, count, lo
+
+
+def _forward(q, k, v, key_mask, bias, tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset):
     batch, heads, seq_m, head_dim = q.shape
     seq_n = k.shape[2]
     out = torch.empty(batch, seq_m, heads, head_dim, dtype=q.dtype, device=q.device)
@@ -898,9 +916,9 @@ def _forward(
     grid = (triton.cdiv(seq_m, config.block_m), batch * heads)
     key_mask_arg = key_mask if key_mask is not None else q
     bias_arg = bias if bias is not None else q
-    tiles, num_tiles, tile_lo = _bias_tiles(bias, bias_kind, max_distance, bidirectional, query_offset, config)
-    _forward_kernel[grid](
-        q, k, v, out, lse, key_mask_arg, bias_arg, tiles if tiles is not None else q,
+    tiles, num_tiles, tile_lo = _tile_arguments(tiles, max_distance, query_offset, config, q)
+    wrap_triton(_forward_kernel)[grid](
+        q, k, v, out, lse, key_mask_arg, bias_arg, tiles,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(2), out.stride(1),
         key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind),
@@ -914,8 +932,8 @@ def _forward(
 
 
 def _backward(
-    grad_out, q, k, v, out, lse, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance,
-    bidirectional, query_offset, bias_grad,
+    grad_out, q, k, v, out, lse, key_mask, bias, kv_tiles, q_tiles, bias_kind, scale, causal, alibi_asymmetric,
+    max_distance, query_offset, bias_grad,
 ):  # fmt: skip
     batch, heads, seq_m, head_dim = q.shape
     seq_n = k.shape[2]
@@ -925,7 +943,7 @@ def _backward(
 
     delta = torch.empty(batch, heads, seq_m, dtype=torch.float32, device=q.device)
     delta_block = 64
-    _backward_delta_kernel[(triton.cdiv(seq_m, delta_block), batch * heads)](
+    wrap_triton(_backward_delta_kernel)[(triton.cdiv(seq_m, delta_block), batch * heads)](
         out, grad_out, delta, out.stride(0), out.stride(2), out.stride(1),
         grad_out.stride(0), grad_out.stride(2), grad_out.stride(1), heads, seq_m,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=delta_block,
@@ -960,9 +978,9 @@ def _backward(
         scratch = torch.empty(programs * (relative_width + config.block_m * config.block_n), device=q.device)
         scratch[: programs * relative_width].zero_()
     dbias_strides = (dbias.stride(0), dbias.stride(1), dbias.stride(2)) if dbias.dim() == 4 else (0, 0, 0)
-    tiles, num_tiles, tile_lo = _bias_tiles(bias, bias_kind, max_distance, bidirectional, query_offset, config)
-    _backward_kv_kernel[(num_n_blocks, batch * heads)](
-        q, k, v, grad_out, lse, delta, dk, dv, key_mask_arg, bias_arg, tiles if tiles is not None else q,
+    tiles, num_tiles, tile_lo = _tile_arguments(kv_tiles, max_distance, query_offset, config, q)
+    wrap_triton(_backward_kv_kernel)[(num_n_blocks, batch * heads)](
+        q, k, v, grad_out, lse, delta, dk, dv, key_mask_arg, bias_arg, tiles,
         dbias if dbias.numel() else q, scratch,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(2), grad_out.stride(1),
@@ -975,9 +993,9 @@ def _backward(
     )  # fmt: skip
 
     config = configs["backward_q"]
-    tiles, num_tiles, tile_lo = _bias_tiles(bias, bias_kind, max_distance, bidirectional, query_offset, config)
-    _backward_q_kernel[(triton.cdiv(seq_m, config.block_m), batch * heads)](
-        q, k, v, grad_out, lse, delta, dq, key_mask_arg, bias_arg, tiles if tiles is not None else q,
+    tiles, num_tiles, tile_lo = _tile_arguments(q_tiles, max_distance, query_offset, config, q)
+    wrap_triton(_backward_q_kernel)[(triton.cdiv(seq_m, config.block_m), batch * heads)](
+        q, k, v, grad_out, lse, delta, dq, key_mask_arg, bias_arg, tiles,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(2), grad_out.stride(1),
         dq.stride(0), dq.stride(1), dq.stride(2),
@@ -989,10 +1007,7 @@ def _backward(
 
     if bias_grad and bias_kind == BIAS_RELATIVE:
         partial_rows = scratch[: num_n_blocks * batch * heads * relative_width]
-        by_distance = partial_rows.view(batch, heads, num_n_blocks, relative_width).sum((0, 2))
-        buckets = _distance_buckets(bias.shape[0], max_distance, bidirectional, q.device)
-        dbias = torch.zeros(bias.shape, dtype=torch.float32, device=q.device).index_add_(0, buckets, by_distance.t())
-        dbias = dbias.to(bias.dtype)
+        dbias = partial_rows.view(batch, heads, num_n_blocks, relative_width).sum((0, 2))
     elif bias_grad and bias_kind == BIAS_DENSE:
         reduce_dims = [i for i in range(4) if bias.shape[i] == 1 and dbias.shape[i] != 1]
         if reduce_dims:
@@ -1001,34 +1016,51 @@ def _backward(
     return dq, dk, dv, dbias
 
 
-@torch.library.custom_op("fat5::attention_forward", mutates_args=(), device_types=None)
+def _attention_forward_fake(
+    q, k, v, key_mask, bias, forward_tiles, backward_kv_tiles, backward_q_tiles, bias_kind, *options
+):
+    batch, heads, seq_m, head_dim = q.shape
+    out = q.new_empty(batch, seq_m, heads, head_dim)
+    return out, q.new_empty(batch, heads, seq_m, dtype=torch.float32)
+
+
+def _attention_backward_fake(
+    grad_out, q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, bias_kind, *options
+):
+    batch, heads, seq_m, head_dim = q.shape
+    seq_n = k.shape[2]
+    bias_grad = options[-1]
+    dq = _new_like_heads_last(batch, heads, seq_m, head_dim, q)
+    dk = _new_like_heads_last(batch, heads, seq_n, head_dim, k)
+    dv = _new_like_heads_last(batch, heads, seq_n, head_dim, v)
+    if bias_grad:
+        return dq, dk, dv, bias.new_empty(bias.shape)
+    return dq, dk, dv, q.new_empty(0)
+
+
+@kernel_op("fat5::attention_forward", _attention_forward_fake)
 def attention_forward_op(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     key_mask: torch.Tensor | None,
     bias: torch.Tensor | None,
+    forward_tiles: torch.Tensor | None,
+    backward_kv_tiles: torch.Tensor | None,
+    backward_q_tiles: torch.Tensor | None,
     bias_kind: int,
     scale: float,
     causal: bool,
     alibi_asymmetric: bool,
     max_distance: int,
-    bidirectional: bool,
     query_offset: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _forward(
-        q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, bidirectional, query_offset
+        q, k, v, key_mask, bias, forward_tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset
     )
 
 
-@attention_forward_op.register_fake
-def _(q, k, v, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance, bidirectional, query_offset):
-    batch, heads, seq_m, head_dim = q.shape
-    out = q.new_empty(batch, seq_m, heads, head_dim)
-    return out, q.new_empty(batch, heads, seq_m, dtype=torch.float32)
-
-
-@torch.library.custom_op("fat5::attention_backward", mutates_args=(), device_types=None)
+@kernel_op("fat5::attention_backward", _attention_backward_fake)
 def attention_backward_op(
     grad_out: torch.Tensor,
     q: torch.Tensor,
@@ -1038,55 +1070,56 @@ def attention_backward_op(
     lse: torch.Tensor,
     key_mask: torch.Tensor | None,
     bias: torch.Tensor | None,
+    backward_kv_tiles: torch.Tensor | None,
+    backward_q_tiles: torch.Tensor | None,
     bias_kind: int,
     scale: float,
     causal: bool,
     alibi_asymmetric: bool,
     max_distance: int,
-    bidirectional: bool,
     query_offset: int,
     bias_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward(
-        grad_out, q, k, v, out, lse, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance,
-        bidirectional, query_offset, bias_grad,
+        grad_out, q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, bias_kind, scale, causal,
+        alibi_asymmetric, max_distance, query_offset, bias_grad,
     )  # fmt: skip
 
 
-@attention_backward_op.register_fake
-def _(
-    grad_out, q, k, v, out, lse, key_mask, bias, bias_kind, scale, causal, alibi_asymmetric, max_distance,
-    bidirectional, query_offset, bias_grad,
-):  # fmt: skip
-    batch, heads, seq_m, head_dim = q.shape
-    seq_n = k.shape[2]
-    dq = _new_like_heads_last(batch, heads, seq_m, head_dim, q)
-    dk = _new_like_heads_last(batch, heads, seq_n, head_dim, k)
-    dv = _new_like_heads_last(batch, heads, seq_n, head_dim, v)
-    if bias_grad:
-        return dq, dk, dv, bias.new_empty(bias.shape)
-    return dq, dk, dv, q.new_empty(0)
-
-
 def _setup_context(ctx, inputs, output):
-    q, k, v, key_mask, bias, bias_kind, *options = inputs
+    q, k, v, key_mask, bias, _forward_tiles, backward_kv_tiles, backward_q_tiles, bias_kind, *options = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_mask, bias)
+    ctx.save_for_backward(q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles)
     ctx.options = (bias_kind, *options)
 
 
 def _backward_from_autograd(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, key_mask, bias = ctx.saved_tensors
+    q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles = ctx.saved_tensors
     bias_kind = ctx.options[0]
     bias_grad = bias_kind in (BIAS_RELATIVE, BIAS_DENSE) and ctx.needs_input_grad[4]
-    dq, dk, dv, dbias = attention_backward_op(grad_out, q, k, v, out, lse, key_mask, bias, *ctx.options, bias_grad)
-    return dq, dk, dv, None, dbias if bias_grad else None, None, None, None, None, None, None, None
+    dq, dk, dv, dbias = attention_backward_op(
+        grad_out, q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, *ctx.options, bias_grad
+    )
+    return dq, dk, dv, None, dbias if bias_grad else None, None, None, None, None, None, None, None, None, None
 
 
 attention_forward_op.register_autograd(_backward_from_autograd, setup_context=_setup_context)
 
 
-def dense_bias(bias_kind, bias, seq_m, seq_n, query_offset, max_distance, bidirectional, alibi_asymmetric, device):
+def relative_bias_by_distance(
+    relative_attention_bias: torch.Tensor, num_buckets: int, max_distance: int, bidirectional: bool
+) -> torch.Tensor:
+    """(heads, 2 * max_distance + 1): the bias of every relative position in [-max_distance, max_distance].
+
+    Gathered from the (buckets, heads) table with T5's own bucketing, so autograd takes the kernel's gradient back to
+    the table.
+    """
+    relative = torch.arange(-max_distance, max_distance + 1, device=relative_attention_bias.device)
+    buckets = relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+    return relative_attention_bias.float()[buckets].t().contiguous()
+
+
+def dense_bias(bias_kind, bias, seq_m, seq_n, query_offset, max_distance, alibi_asymmetric, device):
     """The (1|batch, heads, seq_m, seq_n) additive bias the kernels compute in place, for the paths they do not take."""
     if bias_kind == BIAS_DENSE:
         return bias
@@ -1094,8 +1127,7 @@ def dense_bias(bias_kind, bias, seq_m, seq_n, query_offset, max_distance, bidire
         return None
     relative = torch.arange(seq_n, device=device)[None, :] - torch.arange(seq_m, device=device)[:, None] - query_offset
     if bias_kind == BIAS_RELATIVE:
-        buckets = relative_position_bucket(relative, bidirectional, bias.shape[0], max_distance)
-        return bias[buckets].permute(2, 0, 1).unsqueeze(0)
+        return bias[:, relative.clamp(-max_distance, max_distance) + max_distance].unsqueeze(0)
     result = -bias[:, None, None] * relative.abs()
     if alibi_asymmetric:
         half = bias.shape[0] // 2
@@ -1201,12 +1233,9 @@ def fat5_attention(
     if relative_attention_bias is not None:
         max_distance = int(relative_attention_max_distance)
         bias_kind = BIAS_RELATIVE
-        bias = relative_attention_bias
-        if relative_attention_num_buckets is not None and bias.shape[0] != relative_attention_num_buckets:
-            raise ValueError(
-                f"relative_attention_bias has {bias.shape[0]} buckets, relative_attention_num_buckets says "
-                f"{relative_attention_num_buckets}."
-            )
+        bias = relative_bias_by_distance(
+            relative_attention_bias, int(relative_attention_num_buckets), max_distance, bidirectional
+        )
     elif alibi_slopes is not None:
         bias_kind, bias = BIAS_ALIBI, alibi_slopes.float().contiguous()
     elif position_bias is not None:
@@ -1216,9 +1245,7 @@ def fat5_attention(
 
     refusal = kernel_refusal(query, key, value, attention_mask, dropout)
     if refusal is not None:
-        full_bias = dense_bias(
-            bias_kind, bias, seq_m, seq_n, offset, max_distance, bidirectional, alibi_asymmetric, query.device
-        )
+        full_bias = dense_bias(bias_kind, bias, seq_m, seq_n, offset, max_distance, alibi_asymmetric, query.device)
         key_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
         other_mask = attention_mask if key_mask is None else None
         out = _sdpa_with_bias(query, key, value, key_mask, other_mask, full_bias, scale, causal, offset, dropout)
@@ -1228,21 +1255,13 @@ def fat5_attention(
     key_mask = None
     if attention_mask is not None:
         key_mask = attention_mask.to(torch.bool).contiguous().view(torch.uint8)
+    tiles = (None, None, None)
+    if bias_kind == BIAS_RELATIVE:
+        tiles = relative_bias_tiles(bias, max_distance, offset, kernel_configs(query.shape[-1], query.dtype))
     out, _ = attention_forward_op(
-        query,
-        key,
-        value,
-        key_mask,
-        bias,
-        bias_kind,
-        scale,
-        causal,
-        alibi_asymmetric,
-        max_distance,
-        bidirectional,
-        offset,
+        query, key, value, key_mask, bias, *tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, offset
     )
     return out, None
 
 
-__all__ = ["fat5_attention"]
+__all__ = ["fat5_attention", "relative_bias_by_distance"]

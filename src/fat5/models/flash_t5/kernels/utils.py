@@ -6,6 +6,7 @@ Importing this module never imports Triton.
 
 import importlib.util
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -55,3 +56,22 @@ def fix_interpreter_loop_bounds():
 
     patch_lang_tensor._fat5_fixed = True
     interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+def kernel_op(name: str, fake: Callable):
+    """Declares a `fat5::` op whose implementation launches Triton kernels through `torch.library.wrap_triton`.
+
+    On a GPU it is a `torch.library.triton_op`: torch.compile traces into it and launches its kernels from the
+    compiled graph, with none of the Python that an opaque op costs at every call (a training step is otherwise
+    bound by the host). The CPU interpreter's kernels cannot be traced, so there the op is an opaque `custom_op`
+    and `fake` gives its outputs' shapes.
+    """
+
+    def register(implementation: Callable) -> torch.library.CustomOpDef:
+        if interpreting():
+            op = torch.library.custom_op(name, implementation, mutates_args=())
+            op.register_fake(fake)
+            return op
+        return torch.library.triton_op(name, implementation, mutates_args=())
+
+    return register
