@@ -178,21 +178,28 @@ def main():
     def ratio(a, b):
         return f"{a / b:.2f}x" if a and b else "-"
 
+    def cell(row, name, field, fmt):
+        entry = row.get(name)
+        if entry is None:
+            return "-"
+        if entry.get(field) is not None:
+            return fmt(entry[field])
+        return "OOM" if entry.get("oom") else "error"
+
     print(
-        "\n| L | T5 sdpa tok/s | T5 compiled | FAT5 | FAT5 kernelized | best FAT5 / T5 | best FAT5 / compiled "
-        "| peak GB T5 / FAT5 / kernelized |"
+        f"\n| L (tokens/s) | {' | '.join(VARIANTS)} | best FAT5 / T5 | best FAT5 / T5 compiled "
+        f"| peak GB {' / '.join(VARIANTS)} |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---" * (len(VARIANTS) + 4) + "|")
     for length, row in results["training"].items():
         rates = {name: value(row, name) for name in VARIANTS}
         best = max(rates[name] or 0 for name in VARIANTS if name.startswith("fat5")) or None
-        memory = " / ".join(
-            f"{value(row, name, 'peak_gb'):.1f}" if value(row, name, "peak_gb") else "OOM"
-            for name in ("t5_sdpa", "fat5", "fat5_compiled")
+        rate_cells = " | ".join(
+            cell(row, name, "tokens_per_s", lambda rate: f"{rate / 1e3:.1f}k") for name in VARIANTS
         )
-        cells = [f"{rates[name] / 1e3:.1f}k" if rates[name] else ("OOM" if name in row else "-") for name in VARIANTS]
+        memory = " / ".join(cell(row, name, "peak_gb", lambda gb: f"{gb:.1f}") for name in VARIANTS)
         print(
-            f"| {length} | {' | '.join(cells)} | {ratio(best, rates['t5_sdpa'])} | "
+            f"| {length} | {rate_cells} | {ratio(best, rates['t5_sdpa'])} | "
             f"{ratio(best, rates['t5_sdpa_compiled'])} | {memory} |"
         )
     print("\n| generate batch | T5 sdpa tok/s | FAT5 tok/s | FAT5 / T5 |")
