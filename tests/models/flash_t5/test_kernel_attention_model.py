@@ -84,8 +84,9 @@ def test_generate_with_cache_matches_sdpa(encoding):
 
 
 def test_whole_model_compiles_in_one_graph():
-    """`torch.compile(fullgraph=True)` traces a training step through the kernels' custom ops (their fake
-    implementations) and gives the uncompiled step's loss and gradients."""
+    """`torch.compile(fullgraph=True)` traces a training step through the kernels' ops (opaque custom ops with fake
+    implementations under the CPU interpreter, `triton_op`s traced into the graph on a GPU) and gives the
+    uncompiled step's loss and gradients."""
     _, kernel = model_pair()
     inputs = batch()
     expected = kernel(**inputs).loss

@@ -885,8 +885,8 @@ def relative_bias_tiles(
     shapes of the forward, key/value-gradient and query-gradient kernels: its size does not depend on the sequence
     lengths. A kernel reads a tile of it with one block load where it would otherwise gather per score.
 
-    Built in the caller's graph, not in the kernels' custom op: under torch.compile it fuses into one kernel that
-    every layer of a stack shares, and the op's own host work stays that of the launches.
+    Built in the caller's graph, not in the kernels' op: under torch.compile it fuses into one kernel that every
+    layer of a stack shares, and in eager mode the op does no more than launch its kernels.
     """
     scaled = by_distance.detach() * LOG2E
     index = _tile_index if torch.compiler.is_compiling() else _cached_tile_index
