@@ -7,12 +7,14 @@ weights, bf16 autocast, fused AdamW, 16384 encoder tokens per step, decoder leng
 
 Variants: upstream `T5ForConditionalGeneration` with sdpa, the same under `torch.compile` (at --compile-lengths),
 FAT5 converted from the same weights with its default attention on a GPU (`fat5`, the Triton kernel), and FAT5 after
-`fat5.kernelize` (Triton RMSNorm and LM loss too). Then `generate` (greedy, 128 new tokens, batch 1 and 32).
+`fat5.kernelize` (Triton RMSNorm and LM loss too). Then `generate` (greedy, 128 new tokens, batch 1 and 32): the
+two models interleaved over five rounds, medians.
 """
 
 import argparse
 import gc
 import json
+import statistics
 import time
 
 import torch
@@ -118,18 +120,24 @@ def measure(label, fn):
     return result
 
 
-def time_generate(model, batch, new_tokens=128, repeats=2):
-    model = model.cuda().eval()
+def time_generate(models, batch, new_tokens=128, rounds=5):
+    """Greedy generation of `new_tokens` tokens for each model, interleaved over `rounds` rounds (the order of the
+    models alternates): a drift of the machine's speed hits every model alike. Median and every round's tokens/s."""
     input_ids = torch.randint(2, 32000, (batch, 256), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
+    rates = {name: [] for name in models}
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        model.generate(input_ids, **kwargs)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
+        for model in models.values():
             model.generate(input_ids, **kwargs)
-        torch.cuda.synchronize()
-    return {"tokens_per_s": batch * new_tokens * repeats / (time.perf_counter() - start)}
+        for round_index in range(rounds):
+            names = list(models) if round_index % 2 == 0 else list(reversed(models))
+            for name in names:
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                models[name].generate(input_ids, **kwargs)
+                torch.cuda.synchronize()
+                rates[name].append(batch * new_tokens / (time.perf_counter() - start))
+    return {name: {"tokens_per_s": statistics.median(values), "rounds": values} for name, values in rates.items()}
 
 
 def main():
@@ -163,11 +171,11 @@ def main():
         with open(args.out, "w") as handle:
             json.dump(results, handle, indent=2)
 
-    for batch in args.generate_batches:
-        results["generate"][batch] = {
-            name: measure(f"generate batch {batch} {name}", lambda: time_generate(build(), batch))
-            for name, build in (("t5_sdpa", build_upstream), ("fat5", build_fat5))
-        }
+    if args.generate_batches:
+        models = {"t5_sdpa": build_upstream().cuda().eval(), "fat5": build_fat5().cuda().eval()}
+        for batch in args.generate_batches:
+            results["generate"][batch] = measure(f"generate batch {batch}", lambda: time_generate(models, batch))
+        del models
     with open(args.out, "w") as handle:
         json.dump(results, handle, indent=2)
 
