@@ -7,7 +7,9 @@ weights, bf16 autocast, fused AdamW, 16384 encoder tokens per step, decoder leng
 
 Variants: upstream `T5ForConditionalGeneration` with sdpa, the same under `torch.compile` (at --compile-lengths),
 FAT5 converted from the same weights with its default attention on a GPU (`fat5`, the Triton kernel), and FAT5 after
-`fat5.kernelize` (Triton RMSNorm and LM loss too). Then `generate` (greedy, 128 new tokens, batch 1 and 32): the
+`fat5.kernelize` (Triton RMSNorm and LM loss too). The encoder-only QA head (at --encoder-head-lengths, same shape):
+`FlashT5ForQuestionAnswering`, eager and compiled, against upstream's encoder with a two-logit head
+(`T5ForTokenClassification`, the same compute). Then `generate` (greedy, 128 new tokens, batch 1 and 32): the
 two models interleaved over five rounds, medians.
 """
 
@@ -18,10 +20,10 @@ import statistics
 import time
 
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import T5Config, T5ForConditionalGeneration, T5ForTokenClassification
 
 import fat5
-from fat5.models.flash_t5.convert_t5_to_flash_t5 import convert_t5_model
+from fat5.models.flash_t5.convert_t5_to_flash_t5 import convert_t5_model, flash_t5_config_from_t5
 
 
 TOKENS_PER_STEP = 16384
@@ -56,6 +58,20 @@ def build_fat5(kernelized=False):
     return fat5.kernelize(model) if kernelized else model
 
 
+def build_upstream_encoder_head():
+    """Upstream's encoder-only model with a two-logit linear head: the compute of an extractive QA head (upstream's
+    `T5ForQuestionAnswering` runs the decoder too)."""
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        return T5ForTokenClassification(base_config(attn_implementation="sdpa", num_labels=2))
+
+
+def build_fat5_question_answering():
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        return fat5.FlashT5ForQuestionAnswering(flash_t5_config_from_t5(base_config()))
+
+
 VARIANTS = {
     "t5_sdpa": (build_upstream, False),
     "t5_sdpa_compiled": (build_upstream, True),
@@ -65,10 +81,34 @@ VARIANTS = {
 }
 
 
+ENCODER_HEAD_VARIANTS = {
+    "t5_sdpa_encoder_head": (build_upstream_encoder_head, False),
+    "fat5_question_answering": (build_fat5_question_answering, False),
+    "fat5_question_answering_compiled": (build_fat5_question_answering, True),
+}
+
+
 def release():
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+
+
+def training_batch(model, batch, length):
+    """A fixed random batch for `model`'s task: span positions for the QA head, a label per token for the
+    token-classification head, `length // 4` target tokens for a sequence-to-sequence model."""
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    input_ids = torch.randint(2, 32000, (batch, length), device="cuda", generator=generator)
+    if isinstance(model, fat5.FlashT5ForQuestionAnswering):
+        positions = torch.randint(0, length, (2, batch), device="cuda", generator=generator)
+        return {"input_ids": input_ids, "start_positions": positions[0], "end_positions": positions[1]}
+    if isinstance(model, T5ForTokenClassification):
+        return {
+            "input_ids": input_ids,
+            "labels": torch.randint(0, 2, (batch, length), device="cuda", generator=generator),
+        }
+    labels = torch.randint(2, 32000, (batch, length // 4), device="cuda", generator=generator)
+    return {"input_ids": input_ids, "labels": labels}
 
 
 def training_step(model, length, compile_model=False):
@@ -77,13 +117,11 @@ def training_step(model, length, compile_model=False):
     model = model.cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     step_fn = torch.compile(model) if compile_model else model
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    input_ids = torch.randint(2, 32000, (batch, length), device="cuda", generator=generator)
-    labels = torch.randint(2, 32000, (batch, length // 4), device="cuda", generator=generator)
+    inputs = training_batch(model, batch, length)
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = step_fn(input_ids=input_ids, labels=labels).loss
+            loss = step_fn(**inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -150,13 +188,16 @@ def main():
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--encoder-head-lengths", type=int, nargs="*", default=[512, 2048], help="encoder-only QA head, encoder tokens"
+    )
     parser.add_argument("--generate-batches", type=int, nargs="*", default=[1, 32])
     parser.add_argument("--out", default="bench_training.json")
     args = parser.parse_args()
 
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, fat5 {fat5.__version__}", flush=True)
     print(f"FAT5 attention on this machine: {build_fat5().config._attn_implementation}", flush=True)
-    results = {"device": torch.cuda.get_device_name(), "training": {}, "generate": {}}
+    results = {"device": torch.cuda.get_device_name(), "training": {}, "encoder_head": {}, "generate": {}}
     for length in args.lengths:
         print(f"L={length}, batch={TOKENS_PER_STEP // length}", flush=True)
         row = {}
@@ -168,6 +209,17 @@ def main():
                 f"{name}", lambda: time_training(build(), length, args.steps, args.warmup, compile_model=compiled)
             )
         results["training"][length] = row
+        with open(args.out, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+    for length in args.encoder_head_lengths:
+        print(f"encoder head L={length}, batch={TOKENS_PER_STEP // length}", flush=True)
+        results["encoder_head"][length] = {
+            name: measure(
+                name, lambda: time_training(build(), length, args.steps, args.warmup, compile_model=compiled)
+            )
+            for name, (build, compiled) in ENCODER_HEAD_VARIANTS.items()
+        }
         with open(args.out, "w") as handle:
             json.dump(results, handle, indent=2)
 
@@ -210,6 +262,15 @@ def main():
             f"| {length} | {rate_cells} | {ratio(best, rates['t5_sdpa'])} | "
             f"{ratio(best, rates['t5_sdpa_compiled'])} | {memory} |"
         )
+    print(f"\n| encoder head L (tokens/s) | {' | '.join(ENCODER_HEAD_VARIANTS)} | best FAT5 / T5 | peak GB |")
+    print("|---" * (len(ENCODER_HEAD_VARIANTS) + 3) + "|")
+    for length, row in results["encoder_head"].items():
+        rate_cells = " | ".join(
+            cell(row, name, "tokens_per_s", lambda rate: f"{rate / 1e3:.1f}k") for name in ENCODER_HEAD_VARIANTS
+        )
+        best = max(value(row, name) or 0 for name in ENCODER_HEAD_VARIANTS if name.startswith("fat5")) or None
+        memory = " / ".join(cell(row, name, "peak_gb", lambda gb: f"{gb:.1f}") for name in ENCODER_HEAD_VARIANTS)
+        print(f"| {length} | {rate_cells} | {ratio(best, value(row, 't5_sdpa_encoder_head'))} | {memory} |")
     print("\n| generate batch | T5 sdpa tok/s | FAT5 tok/s | FAT5 / T5 |")
     print("|---|---|---|---|")
     for batch, row in results["generate"].items():
