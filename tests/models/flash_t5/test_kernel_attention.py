@@ -235,3 +235,36 @@ def test_bf16_under_the_interpreter_takes_sdpa():
     assert A.kernel_refusal(q, k, v, None, 0.0) == "bf16 under Triton's CPU interpreter"
     out, _ = A.fat5_attention(Module(), q, k, v, None, scaling=1.0)
     assert relative_error(out, reference_attention(q, k, v, 1.0)) < 1e-2
+
+
+@pytest.mark.parametrize("bias_kind", ["relative", "dense", "none"])
+def test_opcheck(bias_kind):
+    """The ops' registrations agree with their implementation (`torch.library.opcheck`): output shapes, dtypes and
+    strides of the fake implementations (the traced implementation itself on a GPU), the autograd registration,
+    and a trace under AOT dispatch."""
+    torch.manual_seed(0)
+    q, k, v = inputs(2, 2, 20, 24, 16, torch.float32)
+    key_mask = padding_mask(2, 24, [24, 17]).view(torch.uint8)
+    tiles = (None, None, None)
+    max_distance, causal = 0, False
+    if bias_kind == "relative":
+        max_distance = 12
+        table = torch.randn(8, 2, device=DEVICE, requires_grad=True)
+        bias = A.relative_bias_by_distance(table, 8, max_distance, bidirectional=True)
+        tiles = A.relative_bias_tiles(bias, max_distance, 0, A.kernel_configs(16, torch.float32))
+        kind = A.BIAS_RELATIVE
+    elif bias_kind == "dense":
+        bias = torch.randn(1, 2, 20, 24, device=DEVICE, requires_grad=True)
+        kind, causal = A.BIAS_DENSE, True
+    else:
+        bias, kind = None, A.BIAS_NONE
+    options = (kind, 0.25, causal, False, max_distance, 0)
+    torch.library.opcheck(torch.ops.fat5.attention_forward, (q, k, v, key_mask, bias, *tiles, *options))
+
+    out, lse = torch.ops.fat5.attention_forward(q, k, v, key_mask, bias, *tiles, *options)
+    grad_out = torch.randn_like(out)
+    bias_grad = bias is not None
+    backward_args = (grad_out, q, k, v, out, lse, key_mask, bias, tiles[1], tiles[2], *options, bias_grad)
+    torch.library.opcheck(
+        torch.ops.fat5.attention_backward, tuple(a.detach() if torch.is_tensor(a) else a for a in backward_args)
+    )
