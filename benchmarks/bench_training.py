@@ -5,12 +5,12 @@ weights, bf16 autocast, fused AdamW, 16384 encoder tokens per step, decoder leng
 
     PYTHONPATH=src python benchmarks/bench_training.py --out results.json [--lengths 512 1024 ...]
 
-Variants: upstream `T5ForConditionalGeneration` with sdpa, the same under `torch.compile` (at --compile-lengths),
-FAT5 converted from the same weights with its default attention on a GPU (`fat5`, the Triton kernel), and FAT5 after
-`fat5.kernelize` (Triton RMSNorm and LM loss too), FAT5 variants also compiled at --compile-lengths. The encoder-only QA head (at --encoder-head-lengths, same shape):
-`FlashT5ForQuestionAnswering`, eager and compiled, against upstream's encoder with a two-logit head
-(`T5ForTokenClassification`, the same compute). Then `generate` (greedy, 128 new tokens, batch 1 and 32): the
-two models interleaved over five rounds, medians.
+Variants: upstream `T5ForConditionalGeneration` with sdpa and under `torch.compile` (at --upstream-compile-lengths);
+FAT5 converted from the same weights with its default attention on a GPU (`fat5`, the Triton kernel), and after
+`fat5.kernelize` (Triton RMSNorm and LM loss too), each also compiled (at --compile-lengths). The encoder-only QA head
+(at --encoder-head-lengths, same shape): `FlashT5ForQuestionAnswering`, eager and compiled, against upstream's encoder
+with a two-logit head (`T5ForTokenClassification`, the same compute). Then `generate` (greedy, 128 new tokens, batch
+1 and 32): the two models interleaved over five rounds, medians.
 """
 
 import argparse
