@@ -340,30 +340,17 @@ def _forward_kernel(
     bias_after = 0.0
     if BIAS_KIND == 1:
         bias_before, bias_after = _far_biases(BIAS_TILES, head, num_bias_tiles, BLOCK_M, BLOCK_N)
-    acc, l_i, m_i = _forward_range(
-        acc, l_i, m_i, q, k_base, v_base, 0, fast_before, bias_before, offs_m, offs_d, offs_n_block, start_m, batch,
-        head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
-        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-    )  # fmt: skip
-    acc, l_i, m_i = _forward_range(
-        acc, l_i, m_i, q, k_base, v_base, fast_before, general_end, 0.0, offs_m, offs_d, offs_n_block, start_m, batch,
-        head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
-        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-    )  # fmt: skip
-    acc, l_i, m_i = _forward_range(
-        acc, l_i, m_i, q, k_base, v_base, general_end, fast_after, bias_after, offs_m, offs_d, offs_n_block, start_m,
-        batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
-        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-    )  # fmt: skip
-    acc, l_i, m_i = _forward_range(
-        acc, l_i, m_i, q, k_base, v_base, fast_after, end, 0.0, offs_m, offs_d, offs_n_block, start_m, batch,
-        head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
-        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-    )  # fmt: skip
+    # The ranges in turn; the even ones are fast (whole tiles, one far bias value).
+    bounds = (0, fast_before, general_end, fast_after, end)
+    far_biases = (bias_before, 0.0, bias_after, 0.0)
+    for segment in tl.static_range(4):
+        acc, l_i, m_i = _forward_range(
+            acc, l_i, m_i, q, k_base, v_base, bounds[segment], bounds[segment + 1], far_biases[segment], offs_m,
+            offs_d, offs_n_block, start_m, batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale,
+            query_offset, max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
+            stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
+            segment % 2 == 0, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        )  # fmt: skip
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -635,42 +622,19 @@ def _backward_kv_kernel(
     lo, fast_after_end, general_end, fast_before_end = _query_ranges(
         start_n, seq_m, seq_n, query_offset, max_distance, BLOCK_M, BLOCK_N, BIAS_KIND, CAUSAL
     )
-    dk, dv, far_before, far_after = _backward_kv_range(
-        dk, dv, far_before, far_after, k, v, q_base, do_base, lo, fast_after_end, bias_after, offs_n, offs_d,
-        offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom, qk_scale,
-        query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h,
-        stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row,
-        tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
-        BLOCK_DIAGONALS, True, True, BIAS_KIND, BIAS_GRAD, ALIBI_ASYMMETRIC,
-        CAUSAL, HAS_KEY_MASK, PRECISION,
-    )  # fmt: skip
-    dk, dv, far_before, far_after = _backward_kv_range(
-        dk, dv, far_before, far_after, k, v, q_base, do_base, fast_after_end, general_end, 0.0, offs_n, offs_d,
-        offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom, qk_scale,
-        query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h,
-        stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row,
-        tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
-        BLOCK_DIAGONALS, False, False, BIAS_KIND, BIAS_GRAD,
-        ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-    )  # fmt: skip
-    dk, dv, far_before, far_after = _backward_kv_range(
-        dk, dv, far_before, far_after, k, v, q_base, do_base, general_end, fast_before_end, bias_before, offs_n,
-        offs_d, offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom,
-        qk_scale, query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
-        stride_bias_h, stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h, stride_dbias_m,
-        relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
-        BLOCK_DIAGONALS, True, False, BIAS_KIND,
-        BIAS_GRAD, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-    )  # fmt: skip
-    dk, dv, far_before, far_after = _backward_kv_range(
-        dk, dv, far_before, far_after, k, v, q_base, do_base, fast_before_end, seq_m, 0.0, offs_n, offs_d,
-        offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom, qk_scale,
-        query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h,
-        stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row,
-        tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
-        BLOCK_DIAGONALS, False, False, BIAS_KIND, BIAS_GRAD,
-        ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-    )  # fmt: skip
+    # The ranges in turn; the even ones are fast (whole tiles, one far bias value), the first far after the keys.
+    bounds = (lo, fast_after_end, general_end, fast_before_end, seq_m)
+    far_biases = (bias_after, 0.0, bias_before, 0.0)
+    for segment in tl.static_range(4):
+        dk, dv, far_before, far_after = _backward_kv_range(
+            dk, dv, far_before, far_after, k, v, q_base, do_base, bounds[segment], bounds[segment + 1],
+            far_biases[segment], offs_n, offs_d, offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m,
+            seq_n, stride_qm, stride_dom, qk_scale, query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b,
+            BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h,
+            stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM,
+            BLOCK_M, BLOCK_N, TILE_STEP, BLOCK_DIAGONALS, segment % 2 == 0, segment == 0, BIAS_KIND, BIAS_GRAD,
+            ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        )  # fmt: skip
 
     if BIAS_GRAD:
         if BIAS_KIND == 1:
@@ -803,30 +767,17 @@ def _backward_q_kernel(
     fast_before, general_end, fast_after, end = _key_ranges(
         start_m, seq_n, query_offset, max_distance, BLOCK_M, BLOCK_N, BIAS_KIND, CAUSAL
     )
-    dq = _backward_q_range(
-        dq, q, do, lse, delta, k_base, v_base, 0, fast_before, bias_before, offs_m, offs_d, offs_n_block, start_m,
-        batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
-        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-    )  # fmt: skip
-    dq = _backward_q_range(
-        dq, q, do, lse, delta, k_base, v_base, fast_before, general_end, 0.0, offs_m, offs_d, offs_n_block, start_m,
-        batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
-        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-    )  # fmt: skip
-    dq = _backward_q_range(
-        dq, q, do, lse, delta, k_base, v_base, general_end, fast_after, bias_after, offs_m, offs_d, offs_n_block,
-        start_m, batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance,
-        KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
-        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, True, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-    )  # fmt: skip
-    dq = _backward_q_range(
-        dq, q, do, lse, delta, k_base, v_base, fast_after, end, 0.0, offs_m, offs_d, offs_n_block, start_m,
-        batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK,
-        stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
-        HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, False, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-    )  # fmt: skip
+    # The ranges in turn; the even ones are fast (whole tiles, one far bias value).
+    bounds = (0, fast_before, general_end, fast_after, end)
+    far_biases = (bias_before, 0.0, bias_after, 0.0)
+    for segment in tl.static_range(4):
+        dq = _backward_q_range(
+            dq, q, do, lse, delta, k_base, v_base, bounds[segment], bounds[segment + 1], far_biases[segment], offs_m,
+            offs_d, offs_n_block, start_m, batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale,
+            query_offset, max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
+            stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
+            segment % 2 == 0, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        )  # fmt: skip
 
     dq_ptrs = DQ + batch * stride_dqb + head * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
     tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok)
