@@ -11,7 +11,7 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "transformers>=5.17,<6", "safetensors", "accelerate>=1.0"],
+    install_requires=["torch>=2.6", "transformers>=5.17,<6", "safetensors", "accelerate>=1.0"],
     extras_require={
         "triton": ["triton>=3.3,<3.7"],
         "flash-attn": ["flash-attn>=2.6"],
