@@ -58,6 +58,7 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+from transformers.utils import logging as transformers_logging
 
 import fat5  # noqa: F401  (registers flash_t5 with the Auto classes)
 
@@ -466,7 +467,11 @@ def check_reload(head, model, folder, task, workdir, generation_kwargs) -> dict:
     subprocess.run(
         [sys.executable, "-c", RELOAD_SCRIPT, str(EXAMPLES_DIR), head, str(folder), str(workdir)],
         check=True,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        env={
+            **os.environ,
+            "TOKENIZERS_PARALLELISM": "false",
+            **({"TRANSFORMERS_VERBOSITY": "error"} if task.args.quiet else {}),
+        },
     )
     there = torch.load(Path(workdir) / "reload_outputs.pt", weights_only=False)
     same = task.decode(here) == task.decode(there["outputs"])  # decode zips: the first len(features) examples
@@ -651,13 +656,17 @@ def format_results(results) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # Scoped to this run: setting TRANSFORMERS_VERBOSITY here would leak into the caller's process and its children.
+    previous_verbosity = transformers_logging.get_verbosity()
     if args.quiet:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        transformers_logging.set_verbosity_error()
     try:
         results = run(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        transformers_logging.set_verbosity(previous_verbosity)
     if "saved_files" in results and not args.quiet:
         print(f"\n{args.head}: {results['eval_examples']} held-out examples\n{format_results(results)}")
         print(f"saved to {args.output_dir}/model: {', '.join(results['saved_files'])}")

@@ -13,6 +13,7 @@ import finetune
 import pretrain
 import pytest
 import torch
+import transformers
 
 
 DATA = finetune.DATA_DIR
@@ -95,6 +96,18 @@ def test_bad_datasets_fail_cleanly(rows, head, message, tiny_checkpoint, tmp_pat
     assert code != 0
     assert message in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["data.jsonl"], "nothing may be written on bad input"
+
+
+def test_quiet_is_scoped_to_the_run(tiny_checkpoint, tmp_path, monkeypatch):
+    """--quiet silences transformers for the run only: the caller's verbosity and environment (which its
+    subprocesses inherit) are as they were, on the error path too."""
+    monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
+    transformers.logging.set_verbosity_warning()
+    data = write_jsonl(tmp_path / "data.jsonl", [{"text": "no question here"}])
+    out = tmp_path / "run"
+    assert run_finetune("--head", "qa", "--model", tiny_checkpoint, "--train-file", data, "--output-dir", out) != 0
+    assert "TRANSFORMERS_VERBOSITY" not in os.environ
+    assert transformers.logging.get_verbosity() == transformers.logging.WARNING
 
 
 def test_bad_checkpoints_fail_cleanly(tiny_checkpoint, tmp_path, capsys):
