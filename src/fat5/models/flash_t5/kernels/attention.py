@@ -233,6 +233,31 @@ def _key_ranges(
 
 
 @triton.jit
+def _key_tile(
+    q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads, seq_m, seq_n,
+    stride_kn, stride_vn, qk_scale, query_offset, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h,
+    stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo, far_bias, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr, FAST: tl.constexpr, BIAS_KIND: tl.constexpr,
+    ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """The key and value tile at `start_n` of a query tile's loop over keys, and the tile's log2-domain scores."""
+    offs_n = start_n + offs_n_block
+    if FAST:
+        kv_mask = d_ok
+    else:
+        kv_mask = (offs_n[:, None] < seq_n) & d_ok
+    k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
+    s = _scores(
+        q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset, BIAS_TILES,
+        num_bias_tiles, bias_tile_lo, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h,
+        stride_bias_m, stride_bias_n, seq_m, BLOCK_M, BLOCK_N, TILE_STEP, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL,
+        HAS_KEY_MASK, PRECISION,
+    )  # fmt: skip
+    return k, v, s
+
+
+@triton.jit
 def _forward_range(
     acc, l_i, m_i, q, k_base, v_base, lo, hi, far_bias, offs_m, offs_d, offs_n_block, start_m, batch, head,
     num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK, stride_mask_b,
@@ -243,18 +268,11 @@ def _forward_range(
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + offs_n_block
-        if FAST:
-            kv_mask = d_ok
-        else:
-            kv_mask = (offs_n[:, None] < seq_n) & d_ok
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = _scores(
-            q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
-            BIAS_TILES, num_bias_tiles, bias_tile_lo, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
-            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, TILE_STEP, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK,
-            PRECISION,
+        k, v, s = _key_tile(
+            q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads, seq_m,
+            seq_n, stride_kn, stride_vn, qk_scale, query_offset, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
+            stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo, far_bias, BLOCK_M,
+            BLOCK_N, TILE_STEP, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # A row with no unmasked key yet keeps m = -inf; subtract 0 there so that exp2 gives 0, not NaN.
@@ -658,18 +676,11 @@ def _backward_q_range(
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + offs_n_block
-        if FAST:
-            kv_mask = d_ok
-        else:
-            kv_mask = (offs_n[:, None] < seq_n) & d_ok
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = _scores(
-            q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
-            BIAS_TILES, num_bias_tiles, bias_tile_lo, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
-            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, TILE_STEP, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK,
-            PRECISION,
+        k, v, s = _key_tile(
+            q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads, seq_m,
+            seq_n, stride_kn, stride_vn, qk_scale, query_offset, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
+            stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo, far_bias, BLOCK_M,
+            BLOCK_N, TILE_STEP, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
         p = tl.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
