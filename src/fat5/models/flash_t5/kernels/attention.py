@@ -486,9 +486,9 @@ def _backward_kv_range(
             delta = tl.load(DELTA + batch_head * seq_m + offs_m, mask=row_ok, other=0.0)
         s = _scores(
             q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
-            BIAS_TILES, num_bias_tiles, bias_tile_lo, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
-            stride_bias_n, seq_m, BLOCK_M, BLOCK_N, TILE_STEP, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK,
-            PRECISION,
+            BIAS_TILES, num_bias_tiles, bias_tile_lo, far_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
+            stride_bias_h, stride_bias_m, stride_bias_n, seq_m, BLOCK_M, BLOCK_N, TILE_STEP, FAST, BIAS_KIND,
+            ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
         p = tl.exp2(s - lse[:, None])
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
@@ -514,7 +514,8 @@ def _backward_kv_range(
                         far_before += tl.sum(ds, 1)
                 else:
                     # Sum the tile's diagonals: write it out, read it back skewed (row i shifted left by i), sum the
-                    # columns. Diagonal t holds the scores of relative position start_n - start_m - offset + t - (BLOCK_M - 1).
+                    # columns. Diagonal t holds the scores of relative position
+                    # start_n - start_m - offset + t - (BLOCK_M - 1).
                     rows = tl.arange(0, BLOCK_M)
                     tl.store(tile_buffer + rows[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :], ds)
                     tl.debug_barrier()
@@ -600,10 +601,10 @@ def _backward_kv_kernel(
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    """dK and dV of one key block, looping over the query blocks; also the bias gradient of each tile."""
     # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
     scale = tl.cast(scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
-    """dK and dV of one key block, looping over the query blocks; also the bias gradient of each tile."""
     block_n = tl.program_id(0)
     start_n = block_n * BLOCK_N
     batch_head = tl.program_id(1)
@@ -741,10 +742,10 @@ def _backward_q_kernel(
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    """dQ of one query block, looping over the key blocks."""
     # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
     scale = tl.cast(scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
-    """dQ of one query block, looping over the key blocks."""
     start_m = tl.program_id(0) * BLOCK_M
     batch_head = tl.program_id(1)
     batch = batch_head // num_heads
@@ -862,11 +863,11 @@ def relative_bias_tiles(
 
 
 def _tile_arguments(tiles, max_distance, query_offset, config, like):
-    """Pointer, count and first corner of a kernel's bias tiles (a placeholder without the T5 bias)."""
+    """Pointer, count, first corner and corner step of a kernel's bias tiles (a placeholder without the T5 bias)."""
+    step, lo, count = _tile_layout(max_distance, query_offset, config.block_m, config.block_n)
     if tiles is None:
-        return like, 1, 0
-    _, lo, count = _tile_layout(max_distance, query_offset, config.block_m, config.block_n)
-    return tiles, count, lo
+        return like, 1, 0, step
+    return tiles, count, lo, step
 
 
 def _forward(q, k, v, key_mask, bias, tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset):
@@ -878,7 +879,7 @@ def _forward(q, k, v, key_mask, bias, tiles, bias_kind, scale, causal, alibi_asy
     grid = (triton.cdiv(seq_m, config.block_m), batch * heads)
     key_mask_arg = key_mask if key_mask is not None else q
     bias_arg = bias if bias is not None else q
-    tiles, num_tiles, tile_lo = _tile_arguments(tiles, max_distance, query_offset, config, q)
+    tiles, num_tiles, tile_lo, tile_step = _tile_arguments(tiles, max_distance, query_offset, config, q)
     wrap_triton(_forward_kernel)[grid](
         q, k, v, out, lse, key_mask_arg, bias_arg, tiles,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -886,7 +887,7 @@ def _forward(q, k, v, key_mask, bias, tiles, bias_kind, scale, causal, alibi_asy
         key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind),
         heads, seq_m, seq_n, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
         HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n, TILE_STEP=math.gcd(config.block_m, config.block_n), BIAS_KIND=bias_kind, ALIBI_ASYMMETRIC=alibi_asymmetric,
+        BLOCK_N=config.block_n, TILE_STEP=tile_step, BIAS_KIND=bias_kind, ALIBI_ASYMMETRIC=alibi_asymmetric,
         CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, PRECISION=_precision(q.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
@@ -940,7 +941,7 @@ def _backward(
         scratch = torch.empty(programs * (relative_width + config.block_m * config.block_n), device=q.device)
         scratch[: programs * relative_width].zero_()
     dbias_strides = (dbias.stride(0), dbias.stride(1), dbias.stride(2)) if dbias.dim() == 4 else (0, 0, 0)
-    tiles, num_tiles, tile_lo = _tile_arguments(kv_tiles, max_distance, query_offset, config, q)
+    tiles, num_tiles, tile_lo, tile_step = _tile_arguments(kv_tiles, max_distance, query_offset, config, q)
     wrap_triton(_backward_kv_kernel)[(num_n_blocks, batch * heads)](
         q, k, v, grad_out, lse, delta, dk, dv, key_mask_arg, bias_arg, tiles,
         dbias if dbias.numel() else q, scratch,
@@ -949,13 +950,13 @@ def _backward(
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
         key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind), *dbias_strides,
         heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=math.gcd(config.block_m, config.block_n),
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=tile_step,
         BLOCK_DIAGONALS=triton.next_power_of_2(config.block_m + config.block_n), BIAS_GRAD=bias_grad, **common,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
 
     config = configs["backward_q"]
-    tiles, num_tiles, tile_lo = _tile_arguments(q_tiles, max_distance, query_offset, config, q)
+    tiles, num_tiles, tile_lo, tile_step = _tile_arguments(q_tiles, max_distance, query_offset, config, q)
     wrap_triton(_backward_q_kernel)[(triton.cdiv(seq_m, config.block_m), batch * heads)](
         q, k, v, grad_out, lse, delta, dq, key_mask_arg, bias_arg, tiles,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -963,7 +964,7 @@ def _backward(
         dq.stride(0), dq.stride(1), dq.stride(2),
         key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind),
         heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=math.gcd(config.block_m, config.block_n), **common,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=tile_step, **common,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
 
