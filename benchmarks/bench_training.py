@@ -247,30 +247,28 @@ def main():
             return fmt(entry[field])
         return "OOM" if entry.get("oom") else "error"
 
+    def row_cells(row, variants):
+        """(tokens/s cells, peak-memory cells, best FAT5 tokens/s) of one table row."""
+        rates = " | ".join(cell(row, name, "tokens_per_s", lambda rate: f"{rate / 1e3:.1f}k") for name in variants)
+        memory = " / ".join(cell(row, name, "peak_gb", lambda gb: f"{gb:.1f}") for name in variants)
+        best = max(value(row, name) or 0 for name in variants if name.startswith("fat5")) or None
+        return rates, memory, best
+
     print(
         f"\n| L (tokens/s) | {' | '.join(VARIANTS)} | best FAT5 / T5 | best FAT5 / T5 compiled "
         f"| peak GB {' / '.join(VARIANTS)} |"
     )
     print("|---" * (len(VARIANTS) + 4) + "|")
     for length, row in results["training"].items():
-        rates = {name: value(row, name) for name in VARIANTS}
-        best = max(rates[name] or 0 for name in VARIANTS if name.startswith("fat5")) or None
-        rate_cells = " | ".join(
-            cell(row, name, "tokens_per_s", lambda rate: f"{rate / 1e3:.1f}k") for name in VARIANTS
-        )
-        memory = " / ".join(cell(row, name, "peak_gb", lambda gb: f"{gb:.1f}") for name in VARIANTS)
+        rate_cells, memory, best = row_cells(row, VARIANTS)
         print(
-            f"| {length} | {rate_cells} | {ratio(best, rates['t5_sdpa'])} | "
-            f"{ratio(best, rates['t5_sdpa_compiled'])} | {memory} |"
+            f"| {length} | {rate_cells} | {ratio(best, value(row, 't5_sdpa'))} | "
+            f"{ratio(best, value(row, 't5_sdpa_compiled'))} | {memory} |"
         )
     print(f"\n| encoder head L (tokens/s) | {' | '.join(ENCODER_HEAD_VARIANTS)} | best FAT5 / T5 | peak GB |")
     print("|---" * (len(ENCODER_HEAD_VARIANTS) + 3) + "|")
     for length, row in results["encoder_head"].items():
-        rate_cells = " | ".join(
-            cell(row, name, "tokens_per_s", lambda rate: f"{rate / 1e3:.1f}k") for name in ENCODER_HEAD_VARIANTS
-        )
-        best = max(value(row, name) or 0 for name in ENCODER_HEAD_VARIANTS if name.startswith("fat5")) or None
-        memory = " / ".join(cell(row, name, "peak_gb", lambda gb: f"{gb:.1f}") for name in ENCODER_HEAD_VARIANTS)
+        rate_cells, memory, best = row_cells(row, ENCODER_HEAD_VARIANTS)
         print(f"| {length} | {rate_cells} | {ratio(best, value(row, 't5_sdpa_encoder_head'))} | {memory} |")
     print("\n| generate batch | T5 sdpa tok/s | FAT5 tok/s | FAT5 / T5 |")
     print("|---|---|---|---|")
