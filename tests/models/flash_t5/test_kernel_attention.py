@@ -183,11 +183,12 @@ HALF_DTYPES = [torch.float16] + ([torch.bfloat16] if torch.cuda.is_available() e
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_half_precision_within_sdpa_error(poison, dtype):
-    """Half-precision kernel error against fp64 is of the order of SDPA's own error on the same inputs (bf16 on GPU
-    only: the CPU interpreter cannot multiply bf16, and the kernel refuses it there)."""
+    """Half-precision kernel error against fp64 is within SDPA's own error on the same inputs, with a T5 bias of
+    trained magnitude (bf16 on GPU only: the CPU interpreter cannot multiply bf16, and the kernel refuses it there)."""
     heads, seq, num_buckets, max_distance = 2, 40, 8, 12
     q, k, v = inputs(2, heads, seq, seq, 32, dtype, seed=5)
-    table = torch.randn(num_buckets, heads, device=DEVICE)
+    # Trained T5 tables reach magnitudes of ten and more: the kernel's fp16 bias tiles must hold them.
+    table = torch.randn(num_buckets, heads, generator=torch.Generator().manual_seed(7)).to(DEVICE) * 8
     kernel_kwargs = {
         "relative_attention_bias": table,
         "relative_attention_num_buckets": num_buckets,
@@ -198,7 +199,7 @@ def test_half_precision_within_sdpa_error(poison, dtype):
     expected = reference_attention(q, k, v, 1.0, bias=bias)
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)
     sdpa_error = relative_error(sdpa.transpose(1, 2), expected)
-    assert relative_error(out, expected) < 2 * sdpa_error + 1e-3
+    assert relative_error(out, expected) < 1.5 * sdpa_error + 1e-4
 
 
 def test_decode_step_takes_sdpa_with_the_same_result():
@@ -251,7 +252,7 @@ def test_opcheck(bias_kind):
         max_distance = 12
         table = torch.randn(8, 2, device=DEVICE, requires_grad=True)
         bias = A.relative_bias_by_distance(table, 8, max_distance, bidirectional=True)
-        tiles = A.relative_bias_tiles(bias, max_distance, 0, A.kernel_configs(16, torch.float32))
+        tiles = A.relative_bias_tiles(bias, max_distance, 0, A.kernel_configs(16, torch.float32), torch.float32)
         kind = A.BIAS_RELATIVE
     elif bias_kind == "dense":
         bias = torch.randn(1, 2, 20, 24, device=DEVICE, requires_grad=True)

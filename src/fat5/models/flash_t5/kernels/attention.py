@@ -147,7 +147,7 @@ def _scores(
                 + tl.arange(0, BLOCK_M)[:, None] * BLOCK_N
                 + tl.arange(0, BLOCK_N)[None, :]
             )
-            bias = tl.load(tile_ptrs)
+            bias = tl.load(tile_ptrs).to(tl.float32)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if BIAS_KIND == 1:
         s += bias
@@ -163,10 +163,11 @@ def _scores(
             + offs_m[:, None] * stride_bias_m
             + offs_n[None, :] * stride_bias_n
         )
-        if FAST:
-            bias = tl.load(bias_ptrs)
-        else:
-            bias = tl.load(bias_ptrs, mask=(offs_m[:, None] < seq_m) & (offs_n[None, :] < seq_n), other=0.0)
+        # A fast tile's keys lie inside the sequence, but the query rows of the last tile may run past seq_m.
+        bias_mask = offs_m[:, None] < seq_m
+        if not FAST:
+            bias_mask = bias_mask & (offs_n[None, :] < seq_n)
+        bias = tl.load(bias_ptrs, mask=bias_mask, other=0.0)
         s += bias.to(tl.float32) * 1.4426950408889634
     if not FAST:
         relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
@@ -189,7 +190,8 @@ def _far_biases(bias_tiles, head, num_bias_tiles, BLOCK_M: tl.constexpr, BLOCK_N
     """T5's bias beyond max_distance before and after the query (log2 domain): the first and last bias tiles lie wholly
     there, so any of their elements is it."""
     tiles = bias_tiles + head * num_bias_tiles * (BLOCK_M * BLOCK_N)
-    return tl.load(tiles), tl.load(tiles + (num_bias_tiles - 1) * (BLOCK_M * BLOCK_N))
+    far_before = tl.load(tiles).to(tl.float32)
+    return far_before, tl.load(tiles + (num_bias_tiles - 1) * (BLOCK_M * BLOCK_N)).to(tl.float32)
 
 
 @triton.jit
@@ -842,16 +844,28 @@ _cached_tile_index = functools.lru_cache(maxsize=64)(_tile_index)
 
 
 def relative_bias_tiles(
-    by_distance: torch.Tensor, max_distance: int, query_offset: int, configs: dict[str, KernelConfig]
+    by_distance: torch.Tensor,
+    max_distance: int,
+    query_offset: int,
+    configs: dict[str, KernelConfig],
+    input_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The T5 bias of every near-diagonal tile in the log2 domain, (heads, tiles, block_m, block_n), for the tile
     shapes of the forward, key/value-gradient and query-gradient kernels: its size does not depend on the sequence
     lengths. A kernel reads a tile of it with one block load where it would otherwise gather per score.
 
+    The tiles are fp16 for half-precision inputs: an fp32 tile moves as many bytes as the keys and values of its
+    scores together, and halving that made the forward 3-7 % faster at N = 1024-4096 on an H200 (GPU time, both
+    versions in one run). fp16 keeps the bias to 2^-11 relative, finer than the bf16 bias SDPA would add. fp32 inputs
+    keep fp32 tiles.
+
     Built in the caller's graph, not in the kernels' op: under torch.compile it fuses into one kernel that every
     layer of a stack shares, and in eager mode the op does no more than launch its kernels.
     """
     scaled = by_distance.detach() * LOG2E
+    if input_dtype != torch.float32:
+        half_max = torch.finfo(torch.float16).max
+        scaled = scaled.clamp(-half_max, half_max).to(torch.float16)
     index = _tile_index if torch.compiler.is_compiling() else _cached_tile_index
     tiles = {}
     for config in configs.values():
@@ -1220,7 +1234,8 @@ def fat5_attention(
         key_mask = attention_mask.to(torch.bool).contiguous().view(torch.uint8)
     tiles = (None, None, None)
     if bias_kind == BIAS_RELATIVE:
-        tiles = relative_bias_tiles(bias, max_distance, offset, kernel_configs(query.shape[-1], query.dtype))
+        configs = kernel_configs(query.shape[-1], query.dtype)
+        tiles = relative_bias_tiles(bias, max_distance, offset, configs, query.dtype)
     out, _ = attention_forward_op(
         query, key, value, key_mask, bias, *tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, offset
     )
