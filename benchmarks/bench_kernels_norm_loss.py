@@ -62,32 +62,33 @@ def rel(a, b):
 
 def norm_case(tokens, dim, fused_residual, compiled_norm, compiled_add):
     dev = "cuda"
-    x = torch.randn(tokens, dim, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    r = torch.randn(tokens, dim, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    w = (1 + 0.1 * torch.randn(dim, device=dev)).to(torch.bfloat16).requires_grad_()
+    x = torch.randn(tokens, dim, device=dev, dtype=torch.bfloat16)
+    r = torch.randn(tokens, dim, device=dev, dtype=torch.bfloat16)
+    w = (1 + 0.1 * torch.randn(dim, device=dev)).to(torch.bfloat16)
     dy = torch.randn(tokens, dim, device=dev, dtype=torch.bfloat16)
     dh = torch.randn(tokens, dim, device=dev, dtype=torch.bfloat16)
     if fused_residual:
         impls = {
-            "eager": lambda: eager_add_norm(x, r, w),
-            "compile": lambda: compiled_add(x, r, w),
-            "triton": lambda: RMS.add_rms_norm(x, r, w, 1e-6),
+            "eager": eager_add_norm,
+            "compile": compiled_add,
+            "triton": lambda x, r, w: RMS.add_rms_norm(x, r, w, 1e-6),
         }
         elems_fwd, elems_bwd = 4, 5  # read x, r; write y, h | read x(h), dy, dh; write dx (returned twice)
     else:
         impls = {
-            "eager": lambda: (t5_layer_norm(x, w),),
-            "compile": lambda: (compiled_norm(x, w),),
-            "triton": lambda: (RMS.rms_norm(x, w, 1e-6),),
+            "eager": lambda x, r, w: (t5_layer_norm(x, w),),
+            "compile": lambda x, r, w: (compiled_norm(x, w),),
+            "triton": lambda x, r, w: (RMS.rms_norm(x, w, 1e-6),),
         }
         elems_fwd, elems_bwd = 2, 3
 
     def fwd_bwd(impl):
         def run():
-            for t in (x, r, w):
-                t.grad = None
-            outs = impl()
-            torch.autograd.backward(outs, (dy, dh)[: len(outs)])
+            # Leaves made in the call and gradients returned: a CUDA graph then captures the whole backward (leaves
+            # made outside would tie it to the stream that made them).
+            leaves = tuple(t.detach().requires_grad_() for t in (x, r, w))
+            outs = impl(*leaves)
+            torch.autograd.grad(outs, leaves, (dy, dh)[: len(outs)], allow_unused=True)
 
         return run
 
@@ -97,7 +98,7 @@ def norm_case(tokens, dim, fused_residual, compiled_norm, compiled_add):
     xf, rf, wf = (t.detach().float() for t in (x, r, w))
     want = t5_layer_norm(rf + xf if fused_residual else xf, wf)
     results["rel_err_triton"] = rel(outs_t[0], want)
-    outs_e = impls["eager"]()
+    outs_e = impls["eager"](x, r, w)
     results["rel_err_eager"] = rel(outs_e[0], want)
     results["finite"] = bool(torch.isfinite(outs_t[0]).all())
 
@@ -105,7 +106,7 @@ def norm_case(tokens, dim, fused_residual, compiled_norm, compiled_add):
     bytes_both = (elems_fwd + elems_bwd) * tokens * dim * 2
     for name, impl in impls.items():
         with torch.no_grad():
-            t_fwd = bench(impl)
+            t_fwd = bench(lambda: impl(x, r, w))
         t_both = bench(fwd_bwd(impl))
         results[name] = {
             "fwd_ms": t_fwd,
@@ -133,18 +134,16 @@ def triton_loss_on_logits(hidden, weight, labels, label_smoothing, z_loss):
 
 
 def measure(fn, hidden, weight):
-    """Median time of forward + backward, and the peak memory above what existed before (inputs and their grads)."""
+    """Median time of forward + backward of `fn(hidden, weight)`, and the peak memory above what existed before."""
 
     def run():
-        hidden.grad = None
-        weight.grad = None
-        fn().backward()
+        # Leaves made in the call and gradients returned, so that a CUDA graph captures the whole backward.
+        leaves = (hidden.detach().requires_grad_(), weight.detach().requires_grad_())
+        torch.autograd.grad(fn(*leaves), leaves)
 
     try:
         run()
         torch.cuda.synchronize()
-        hidden.grad = None
-        weight.grad = None
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -154,8 +153,6 @@ def measure(fn, hidden, weight):
         ms = bench(run, warmup=3, rep=300)
         return {"fwd_bwd_ms": ms, "peak_GiB": peak / 2**30}
     except torch.OutOfMemoryError:
-        hidden.grad = None
-        weight.grad = None
         torch.cuda.empty_cache()
         return {"fwd_bwd_ms": None, "peak_GiB": None, "error": "OOM"}
 
@@ -187,26 +184,22 @@ def ce_case(tokens, dim, vocab, label_smoothing, z_loss, compile_torch, chunk_si
     hidden.grad = weight.grad = None
     torch.cuda.empty_cache()
 
-    def args():
-        return hidden, weight, labels, label_smoothing, z_loss
-
-    results["torch"] = measure(lambda: torch_lm_loss(*args()), hidden, weight)
+    options = (labels, label_smoothing, z_loss)
+    results["torch"] = measure(lambda h, w: torch_lm_loss(h, w, *options), hidden, weight)
     if compile_torch:
         compiled = torch.compile(torch_lm_loss)
-        results["torch_compile"] = measure(lambda: compiled(*args()), hidden, weight)
-    results["triton_ce_on_logits"] = measure(lambda: triton_loss_on_logits(*args()), hidden, weight)
+        results["torch_compile"] = measure(lambda h, w: compiled(h, w, *options), hidden, weight)
+    results["triton_ce_on_logits"] = measure(lambda h, w: triton_loss_on_logits(h, w, *options), hidden, weight)
     for chunk in chunk_sizes:
         label = f"fused_chunk{chunk or CE.default_chunk_size(tokens, vocab)}"
         results[label] = measure(
-            lambda c=chunk: CE.linear_cross_entropy(
-                hidden, weight, labels, -100, label_smoothing, z_loss, chunk_size=c
-            ),
+            lambda h, w, c=chunk: CE.linear_cross_entropy(h, w, labels, -100, label_smoothing, z_loss, chunk_size=c),
             hidden,
             weight,
         )
     CE.DW_FP32_ACCUMULATION = False
     results["fused_default_bf16_dw_accumulation"] = measure(
-        lambda: CE.linear_cross_entropy(hidden, weight, labels, -100, label_smoothing, z_loss), hidden, weight
+        lambda h, w: CE.linear_cross_entropy(h, w, labels, -100, label_smoothing, z_loss), hidden, weight
     )
     CE.DW_FP32_ACCUMULATION = True
     flops = 6 * tokens * dim * vocab
