@@ -144,3 +144,26 @@ def test_padded_batch_generates_as_one_by_one(position_encoding_type, attn_imple
             for row, sequence in enumerate(sequences):
                 alone = model.generate(sequence[None], **GREEDY)
                 assert torch.equal(batched[row], alone[0]), f"row {row} differs with {side} padding"
+
+
+@pytest.mark.parametrize("position_encoding_type", ["t5", "alibi", "rope", "fire"])
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_static_cache_generates_as_dynamic_cache(position_encoding_type, attn_implementation):
+    """`cache_implementation="static"` (the compilable cache): generate hands the decoder a prepared 4D mask over the
+    whole preallocated cache, and the cache counts its tokens in a tensor that its update increments in place."""
+    model = tiny_model(position_encoding_type, num_decoder_layers=3, attn_implementation=attn_implementation)
+    input_ids = encoder_inputs()
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:] = 0
+    with torch.no_grad():
+        dynamic = model.generate(input_ids, attention_mask=attention_mask, **GREEDY)
+        static = model.generate(input_ids, attention_mask=attention_mask, cache_implementation="static", **GREEDY)
+    assert torch.equal(static, dynamic)
+
+
+def test_decoder_rejects_a_4d_mask_of_the_wrong_shape():
+    model = tiny_model()
+    input_ids = encoder_inputs()
+    decoder_input_ids = torch.zeros(3, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="4D `decoder_attention_mask` must have shape"):
+        model(input_ids=input_ids, decoder_input_ids=decoder_input_ids, decoder_attention_mask=torch.ones(3, 1, 1, 2))

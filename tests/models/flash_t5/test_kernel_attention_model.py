@@ -72,14 +72,15 @@ def test_training_step_matches_sdpa(encoding):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
 @pytest.mark.parametrize("encoding", ["t5", "alibi"])
-def test_generate_with_cache_matches_sdpa(encoding):
+def test_generate_with_cache_matches_sdpa(encoding, cache_implementation):
     reference, kernel = model_pair(**POSITION_ENCODINGS[encoding])
     inputs = batch()
     del inputs["labels"]
     kwargs = {"max_new_tokens": 20, "min_new_tokens": 20, "do_sample": False}
     expected = reference.eval().generate(**inputs, **kwargs)
-    actual = kernel.eval().generate(**inputs, **kwargs)
+    actual = kernel.eval().generate(**inputs, **kwargs, cache_implementation=cache_implementation)
     assert torch.equal(actual, expected)
 
 

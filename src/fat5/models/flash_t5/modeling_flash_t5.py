@@ -312,6 +312,9 @@ class FlashT5Attention(nn.Module):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.key_value_proj_dim)
         past_seen_tokens = cache.get_seq_length(self.layer_idx) if cache is not None else 0
+        # A static cache counts its tokens in a tensor that its update below increments in place.
+        if isinstance(past_seen_tokens, torch.Tensor):
+            past_seen_tokens = past_seen_tokens.clone()
 
         query_states = self.q(hidden_states).view(hidden_shape).transpose(1, 2)
 
@@ -369,6 +372,9 @@ class FlashT5Attention(nn.Module):
             # A view over the batch: flex attention indexes the bias by batch.
             dense_bias = position_bias.to(query_states.dtype).expand(query_states.shape[0], -1, -1, -1)
             bias_kwargs = {"position_bias": dense_bias}
+        if self.is_causal:
+            # Where the queries sit among the keys: a static cache holds more keys than the tokens seen so far.
+            bias_kwargs["query_offset"] = past_seen_tokens
 
         attn_output, attn_weights = attention_interface(
             self,
@@ -520,7 +526,16 @@ def check_token_inputs(input_ids, attention_mask, inputs_embeds, name=""):
                 f"{tuple(inputs_embeds.shape)}."
             )
         batch_and_length = tuple(inputs_embeds.shape[:2])
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.dim() == 4 and name:
+        # `generate` with a compilable cache (`cache_implementation="static"`) hands the decoder a prepared 4D mask,
+        # (batch, 1, new tokens, cache length).
+        batch_size, length = batch_and_length
+        if attention_mask.shape[0] != batch_size or attention_mask.shape[1] != 1 or attention_mask.shape[2] != length:
+            raise ValueError(
+                f"A 4D `{name}attention_mask` must have shape (batch_size, 1, sequence_length, key_length) with "
+                f"(batch_size, sequence_length) = {batch_and_length}, got {tuple(attention_mask.shape)}."
+            )
+    elif attention_mask is not None:
         # A decoder's mask also covers the tokens already in its cache: it may be longer than the new inputs.
         batch_size, length = batch_and_length
         if (

@@ -1116,8 +1116,10 @@ def dense_bias(bias_kind, bias, seq_m, seq_n, query_offset, max_distance, alibi_
 def _sdpa_with_bias(query, key, value, key_mask, attention_mask, bias, scale, causal, query_offset, dropout):
     """SDPA with every mask and bias folded into one additive (batch|1, heads|1, query, key) tensor."""
     seq_m, seq_n = query.shape[2], key.shape[2]
-    # Causality hides nothing when every key is at or before the first query (a decode step against a cache).
-    causal = causal and seq_n - 1 > query_offset
+    # Causality hides nothing when every key is at or before the first query (a decode step against a dynamic cache).
+    # A static cache's offset is a tensor: masking with it costs no host synchronisation.
+    if not isinstance(query_offset, torch.Tensor):
+        causal = causal and seq_n - 1 > query_offset
     if not causal and key_mask is None and attention_mask is None:
         # Nothing to fold: the bias (or none) goes to SDPA as it is, with no extra pass over it.
         attn_mask = None if bias is None else bias.to(query.dtype)
@@ -1202,9 +1204,13 @@ def fat5_attention(
     seq_m, seq_n = query.shape[2], key.shape[2]
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
     scale = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
-    offset = seq_n - seq_m if query_offset is None else int(query_offset)
-    if causal and offset < 0:
-        raise ValueError(f"Causal attention with {seq_m} queries needs at least as many keys, got {seq_n}.")
+    refusal = kernel_refusal(query, key, value, attention_mask, dropout)
+    offset = seq_n - seq_m if query_offset is None else query_offset
+    # A static cache counts its tokens in a tensor, which the SDPA route takes as it is; the kernels need an int.
+    if refusal is None or not isinstance(offset, torch.Tensor):
+        offset = int(offset)
+        if causal and offset < 0:
+            raise ValueError(f"Causal attention with {seq_m} queries needs at least as many keys, got {seq_n}.")
 
     max_distance = 0
     if relative_attention_bias is not None:
@@ -1220,7 +1226,6 @@ def fat5_attention(
     else:
         bias_kind, bias = BIAS_NONE, None
 
-    refusal = kernel_refusal(query, key, value, attention_mask, dropout)
     if refusal is not None:
         full_bias = dense_bias(bias_kind, bias, seq_m, seq_n, offset, max_distance, alibi_asymmetric, query.device)
         key_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
