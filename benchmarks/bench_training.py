@@ -10,7 +10,7 @@ FAT5 converted from the same weights with its default attention on a GPU (`fat5`
 `fat5.kernelize` (Triton RMSNorm and LM loss too), each also compiled (at --compile-lengths). The encoder-only QA head
 (at --encoder-head-lengths, same shape): `FlashT5ForQuestionAnswering`, eager and compiled, against upstream's encoder
 with a two-logit head (`T5ForTokenClassification`, the same compute). Then `generate` (greedy, 128 new tokens, batch
-1 and 32): the two models interleaved over five rounds, medians.
+1 and 32, `--generate-cache dynamic|static`): the two models interleaved over five rounds, medians.
 """
 
 import argparse
@@ -159,11 +159,18 @@ def measure(label, fn):
     return result
 
 
-def time_generate(models, batch, new_tokens=128, rounds=5):
+def time_generate(models, batch, cache_implementation="dynamic", new_tokens=128, rounds=5):
     """Greedy generation of `new_tokens` tokens for each model, interleaved over `rounds` rounds (the order of the
-    models alternates): a drift of the machine's speed hits every model alike. Median and every round's tokens/s."""
+    models alternates): a drift of the machine's speed hits every model alike. Median and every round's tokens/s.
+    With `cache_implementation="static"`, transformers compiles the decode step (its auto-compile of compilable
+    caches on a GPU); the warm-up round pays for the compilation."""
     input_ids = torch.randint(2, 32000, (batch, 256), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
-    kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
+    kwargs = {
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,
+        "do_sample": False,
+        "cache_implementation": cache_implementation,
+    }
     rates = {name: [] for name in models}
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         for model in models.values():
@@ -193,6 +200,7 @@ def main():
         "--encoder-head-lengths", type=int, nargs="*", default=[512, 2048], help="encoder-only QA head, encoder tokens"
     )
     parser.add_argument("--generate-batches", type=int, nargs="*", default=[1, 32])
+    parser.add_argument("--generate-cache", default="dynamic", choices=["dynamic", "static"])
     parser.add_argument("--out", default="bench_training.json")
     args = parser.parse_args()
 
@@ -227,7 +235,9 @@ def main():
     if args.generate_batches:
         models = {"t5_sdpa": build_upstream().cuda().eval(), "fat5": build_fat5().cuda().eval()}
         for batch in args.generate_batches:
-            results["generate"][batch] = measure(f"generate batch {batch}", lambda: time_generate(models, batch))
+            results["generate"][batch] = measure(
+                f"generate batch {batch}", lambda: time_generate(models, batch, args.generate_cache)
+            )
         del models
     with open(args.out, "w") as handle:
         json.dump(results, handle, indent=2)

@@ -98,3 +98,21 @@ def test_whole_model_compiles_in_one_graph():
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     for (name, _), got, want in zip(kernel.named_parameters(), grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_static_cache_decoding_compiles_in_one_graph():
+    """With a static cache, `generate` compiles the decode step (automatically on a GPU; forced here with
+    `_compile_all_devices`): the `fat5` decode path traces in one graph (the static cache's tensor offset needs no
+    host value) and generates what the uncompiled model with a dynamic cache does."""
+    from transformers import CompileConfig
+
+    reference, kernel = model_pair()
+    inputs = batch()
+    del inputs["labels"]
+    kwargs = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False}
+    compile_config = CompileConfig(fullgraph=True, backend="aot_eager")
+    compile_config._compile_all_devices = True
+    expected = reference.eval().generate(**inputs, **kwargs)
+    actual = kernel.eval().generate(**inputs, **kwargs, cache_implementation="static", compile_config=compile_config)
+    assert hasattr(kernel, "_compiled_call"), "generate did not compile the decode step"
+    assert torch.equal(actual, expected)
