@@ -116,3 +116,20 @@ def test_static_cache_decoding_compiles_in_one_graph():
     actual = kernel.eval().generate(**inputs, **kwargs, cache_implementation="static", compile_config=compile_config)
     assert hasattr(kernel, "_compiled_call"), "generate did not compile the decode step"
     assert torch.equal(actual, expected)
+
+
+def test_output_attentions_is_not_silently_dropped():
+    """The kernels compute no attention weights: asking for them warns (as transformers' sdpa does) instead of
+    returning empty attentions without a word."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    from fat5.models.flash_t5 import kernels
+
+    _, kernel = model_pair()
+    inputs = batch()
+    logging.get_logger(kernels.__name__).warning_once.cache_clear()
+    with CaptureLogger(logging.get_logger(kernels.__name__)) as captured:
+        outputs = kernel(**inputs, output_attentions=True)
+    assert "does not compute attention weights" in captured.out
+    assert outputs.encoder_attentions == ()

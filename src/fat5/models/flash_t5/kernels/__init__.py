@@ -10,9 +10,12 @@ Triton or a GPU.
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
+from transformers.utils import logging
 
 from .utils import is_decode_step, is_triton_available, kernels_can_run
 
+
+logger = logging.get_logger(__name__)
 
 ATTENTION_NAME = "fat5"
 
@@ -27,6 +30,11 @@ def fat5_attention_forward(module, query, key, value, attention_mask, **kwargs):
         raise RuntimeError(
             f"attn_implementation='fat5' runs Triton kernels on a CUDA GPU, but the inputs are on {query.device}; "
             "use 'sdpa' (or set TRITON_INTERPRET=1 to run the kernels slowly through Triton's CPU interpreter)."
+        )
+    if kwargs.get("output_attentions", False):
+        logger.warning_once(
+            "`fat5` attention does not compute attention weights (`output_attentions=True`): the returned attentions "
+            "are empty. Load the model with attn_implementation='eager' to get them."
         )
     from .attention import fat5_attention
 
