@@ -222,6 +222,25 @@ def test_decode_step_takes_sdpa_with_the_same_result():
     torch.testing.assert_close(decoded, kernel.detach(), rtol=1e-5, atol=1e-5)
 
 
+def test_fallback_to_dense_bias_warns_but_decode_steps_do_not():
+    """Attention dropout sends a training call to SDPA with an N x N bias: the user hears of it (with the fix); a
+    decode step takes SDPA by design and says nothing."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    logger = logging.get_logger(A.__name__)
+    logger.warning_once.cache_clear()
+    q, k, v = inputs(1, 2, 20, 20, 16, torch.float32)
+    with CaptureLogger(logger) as captured:
+        with torch.no_grad():
+            A.fat5_attention(Module(), q[:, :, :1], k, v, None)
+    assert captured.out == ""
+    with CaptureLogger(logger) as captured:
+        out, _ = A.fat5_attention(Module(), q, k, v, None, dropout=0.1)
+    assert "for attention dropout in training" in captured.out and "dropout_rate = 0.0" in captured.out
+    assert out.shape == (1, 20, 2, 16)
+
+
 def test_bad_inputs_are_clear_errors():
     q, k, v = inputs(2, 2, 20, 20, 16, torch.float32)
     with pytest.raises(ValueError, match="key-padding mask has shape"):

@@ -39,10 +39,13 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 from torch.nn import functional as F
+from transformers.utils import logging
 
 from ..modeling_flash_t5 import relative_position_bucket
 from .utils import fix_interpreter_loop_bounds, interpreting, is_decode_step, kernel_op
 
+
+logger = logging.get_logger(__name__)
 
 fix_interpreter_loop_bounds()
 
@@ -1227,6 +1230,13 @@ def fat5_attention(
         bias_kind, bias = BIAS_NONE, None
 
     if refusal is not None:
+        # Decode steps take SDPA by design; any other fallback costs (query x key) memory, which the user should know.
+        if not is_decode_step(seq_m) and not torch.compiler.is_compiling():
+            advice = " Set `config.dropout_rate = 0.0` to train with the kernels." if dropout > 0.0 else ""
+            logger.warning_once(
+                f"`fat5` attention runs SDPA with a dense (query x key) position bias for {refusal}: its memory grows "
+                f"with the square of the sequence length.{advice}"
+            )
         full_bias = dense_bias(bias_kind, bias, seq_m, seq_n, offset, max_distance, alibi_asymmetric, query.device)
         key_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
         other_mask = attention_mask if key_mask is None else None
