@@ -128,8 +128,9 @@ def test_output_attentions_is_not_silently_dropped():
 
     _, kernel = model_pair()
     inputs = batch()
-    logging.get_logger(kernels.__name__).warning_once.cache_clear()
-    with CaptureLogger(logging.get_logger(kernels.__name__)) as captured:
+    logger = logging.get_logger(kernels.__name__)
+    logger.warning_once.cache_clear()
+    with CaptureLogger(logger) as captured:
         outputs = kernel(**inputs, output_attentions=True)
     assert "does not compute attention weights" in captured.out
     assert outputs.encoder_attentions == ()

@@ -360,20 +360,20 @@ class FlashT5Attention(nn.Module):
                 "relative_attention_num_buckets": self.config.relative_attention_num_buckets,
                 "relative_attention_max_distance": self.config.relative_attention_max_distance,
                 "bidirectional": not self.is_causal,
-                "query_offset": past_seen_tokens,
             }
         elif position_bias is not None and position_bias.dim() == 1:
             bias_kwargs = {
                 "alibi_slopes": position_bias,
                 "alibi_asymmetric": self.config.alibi_mode == "asymmetric" and not self.is_causal,
-                "query_offset": past_seen_tokens,
             }
         elif position_bias is not None:
             # A view over the batch: flex attention indexes the bias by batch.
             dense_bias = position_bias.to(query_states.dtype).expand(query_states.shape[0], -1, -1, -1)
             bias_kwargs = {"position_bias": dense_bias}
         if self.is_causal:
-            # Where the queries sit among the keys: a static cache holds more keys than the tokens seen so far.
+            # Where the queries sit among the keys, for the causal mask and the position bias: a static cache holds
+            # more keys than the tokens seen so far. Bidirectional self-attention has no cache: its queries are its
+            # keys, which is what attention functions assume without an offset.
             bias_kwargs["query_offset"] = past_seen_tokens
 
         attn_output, attn_weights = attention_interface(
@@ -526,10 +526,10 @@ def check_token_inputs(input_ids, attention_mask, inputs_embeds, name=""):
                 f"{tuple(inputs_embeds.shape)}."
             )
         batch_and_length = tuple(inputs_embeds.shape[:2])
+    batch_size, length = batch_and_length
     if attention_mask is not None and attention_mask.dim() == 4 and name:
         # `generate` with a compilable cache (`cache_implementation="static"`) hands the decoder a prepared 4D mask,
         # (batch, 1, new tokens, cache length).
-        batch_size, length = batch_and_length
         if attention_mask.shape[0] != batch_size or attention_mask.shape[1] != 1 or attention_mask.shape[2] != length:
             raise ValueError(
                 f"A 4D `{name}attention_mask` must have shape (batch_size, 1, sequence_length, key_length) with "
@@ -537,7 +537,6 @@ def check_token_inputs(input_ids, attention_mask, inputs_embeds, name=""):
             )
     elif attention_mask is not None:
         # A decoder's mask also covers the tokens already in its cache: it may be longer than the new inputs.
-        batch_size, length = batch_and_length
         if (
             attention_mask.dim() != 2
             or attention_mask.shape[0] != batch_size
