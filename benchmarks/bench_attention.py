@@ -13,8 +13,12 @@ For each N at B*N = 32768 tokens, H = 12 heads, bf16, encoder (bidirectional) at
   (only up to --flex-max-length: its backward serialises on the table gradient).
 
 TF/s counts 4*B*H*N^2*D for the forward and 3.5 times that for forward + backward. "extra GB" is the peak memory
-above the inputs and their gradients. Before timing, each N checks `fat5` against the dense-bias SDPA output
-(relative error of both against an fp32 computation on the same bf16 inputs).
+above the inputs and their gradients. Before timing, each N measures the relative error of the output and of every
+gradient against an fp64 computation on the same bf16 inputs: `fat5` and dense-bias SDPA with the T5 bias, and `fat5`
+and SDPA's flash kernel without a bias (the same algorithm: the like-for-like pair). The run fails if `fat5` is off
+by more than a few times the dense-bias route's error, or by more than SDPA's flash kernel's without a bias.
+
+    --sweep [--sweep-kernels backward_kv ...]  first time candidate tiles at N = 4096 and keep the fastest
 """
 
 import argparse
@@ -71,6 +75,10 @@ def run_fat5(q, k, v, table):
     return out
 
 
+def run_fat5_no_bias(q, k, v, table):
+    return fat5_attention(EncoderAttention(), q, k, v, None, scaling=1.0)[0]
+
+
 def dense_t5_bias(table, length, queries=None):
     position = torch.arange(length, device="cuda")
     relative = position[None, :] - position[: queries or length, None]
@@ -85,6 +93,9 @@ def run_sdpa_bias(q, k, v, table):
 
 def run_sdpa(q, k, v, table):
     return F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2)
+
+
+RUNNERS = {"fat5": run_fat5, "sdpa_bias": run_sdpa_bias, "fat5_no_bias": run_fat5_no_bias, "sdpa": run_sdpa}
 
 
 def make_flex():
@@ -107,23 +118,29 @@ def relative_error(x, reference):
 
 
 def check(q, k, v, table):
-    """fat5 and dense-bias SDPA against an fp64 computation on the same bf16 inputs, the output and each gradient
-    (q, k, v, the bucket table): one batch row, its first 1024 queries against every key (so that it fits at any N)."""
+    """Errors against an fp64 computation on the same bf16 inputs, the output and each gradient: one batch row, its
+    first 1024 queries against every key (so that it fits at any N). With the T5 bias (q, k, v and the bucket table):
+    fat5 and dense-bias SDPA. Without a bias (q, k, v): fat5 and SDPA's flash kernel, the like-for-like pair (the
+    dense-bias route runs another SDPA backend)."""
     leaves = [q[:1, :, :1024].detach(), k[:1].detach(), v[:1].detach(), table.detach()]
     leaves = [t.clone().requires_grad_() for t in leaves]
     grad = torch.randn(1, leaves[0].shape[2], HEADS, q.shape[-1], device="cuda", dtype=torch.bfloat16)
     q1, k1, v1, table1 = (t.double().detach().requires_grad_() for t in leaves)
-    scores = (q1 @ k1.transpose(-1, -2)) + dense_t5_bias(table1, k.shape[2], q1.shape[2])
-    reference = (scores.softmax(-1) @ v1).transpose(1, 2)
-    reference_grads = torch.autograd.grad(reference, (q1, k1, v1, table1), grad.double())
-    del scores
     errors = {}
-    for name, fn in (("fat5", run_fat5), ("sdpa_bias", run_sdpa_bias)):
-        out = fn(*leaves)
-        grads = torch.autograd.grad(out, leaves, grad)
-        errors[name] = {"out": relative_error(out, reference)}
-        for grad_name, actual, expected in zip(("dq", "dk", "dv", "dtable"), grads, reference_grads):
-            errors[name][grad_name] = relative_error(actual, expected)
+    for with_bias, candidates in ((True, ("fat5", "sdpa_bias")), (False, ("fat5_no_bias", "sdpa"))):
+        scores = q1 @ k1.transpose(-1, -2)
+        if with_bias:
+            scores = scores + dense_t5_bias(table1, k.shape[2], q1.shape[2])
+        inputs = (q1, k1, v1, table1) if with_bias else (q1, k1, v1)
+        reference = (scores.softmax(-1) @ v1).transpose(1, 2)
+        reference_grads = torch.autograd.grad(reference, inputs, grad.double())
+        del scores
+        for name in candidates:
+            out = RUNNERS[name](*leaves)
+            grads = torch.autograd.grad(out, leaves[: len(inputs)], grad)
+            errors[name] = {"out": relative_error(out, reference)}
+            for grad_name, actual, expected in zip(("dq", "dk", "dv", "dtable"), grads, reference_grads):
+                errors[name][grad_name] = relative_error(actual, expected)
     return {"errors": errors}
 
 
@@ -157,24 +174,31 @@ SWEEP_CANDIDATES = {
     "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 4)],
     "backward_kv": [
         (32, 128, 4, 3),
+        (32, 128, 8, 3),
+        (32, 128, 8, 2),
         (64, 128, 8, 3),
-        (64, 64, 4, 3),
-        (32, 64, 4, 3),
         (64, 128, 8, 2),
         (128, 128, 8, 2),
+        (64, 64, 4, 3),
+        (64, 64, 8, 3),
+        (64, 64, 8, 2),
+        (32, 64, 4, 3),
+        (32, 64, 8, 3),
+        (32, 64, 4, 4),
+        (16, 64, 4, 3),
     ],
     "backward_q": [(128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
 }
 
 
-def sweep(head_dim, length=4096):
+def sweep(head_dim, kernels, length=4096):
     """Time each kernel's candidate tiles (the others fixed at their best so far) and keep the fastest in place."""
     q, k, v, table, grad_out = make_inputs(TOKENS // length, length, head_dim)
     tuned = attention.TUNED_CONFIGS["wide" if head_dim > 64 else "narrow"]
-    report = {"head_dim": head_dim}
-    for kernel, candidates in SWEEP_CANDIDATES.items():
+    report = {"head_dim": head_dim, "before": {kernel: tuple(vars(tuned[kernel]).values()) for kernel in tuned}}
+    for kernel in kernels:
         timings = {}
-        for candidate in candidates:
+        for candidate in SWEEP_CANDIDATES[kernel]:
             tuned[kernel] = attention.KernelConfig(*candidate)
             try:
                 timings[candidate] = measure(run_fat5, q, k, v, table, grad_out, kernel != "forward")["ms"]
@@ -206,12 +230,13 @@ def main():
     parser.add_argument(
         "--sweep", action="store_true", help="first try tile configurations at N = 4096, keep the best"
     )
+    parser.add_argument("--sweep-kernels", nargs="+", default=list(SWEEP_CANDIDATES), choices=list(SWEEP_CANDIDATES))
     args = parser.parse_args()
 
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     if args.sweep:
         for head_dim in args.head_dims:
-            print(json.dumps(sweep(head_dim)), flush=True)
+            print(json.dumps(sweep(head_dim, args.sweep_kernels)), flush=True)
     run_flex = make_flex()
     results = []
     for head_dim in args.head_dims:
@@ -259,9 +284,10 @@ def main():
 
     print(
         "\n| D | N | fat5 fwd / fwd+bwd TF/s | sdpa (no bias) | sdpa+bias | flex | fat5/sdpa fwd, fwd+bwd | "
-        "fat5/sdpa+bias fwd+bwd | extra GB fat5 / sdpa / sdpa+bias (fwd+bwd) | rel. err fat5 / sdpa+bias |"
+        "fat5/sdpa+bias fwd+bwd | extra GB fat5 / sdpa / sdpa+bias (fwd+bwd) | rel. err fat5 / sdpa+bias | "
+        "rel. err without bias fat5 / sdpa |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in results:
         pair = [
             f"{cell(row, f'{n}/fwd')} / {cell(row, f'{n}/fwd+bwd')}" for n in ("fat5", "sdpa", "sdpa+bias", "flex")
@@ -271,13 +297,19 @@ def main():
             f"| {row['head_dim']} | {row['length']} | {' | '.join(pair)} | "
             f"{ratio(row, 'fat5/fwd', 'sdpa/fwd')}, {ratio(row, 'fat5/fwd+bwd', 'sdpa/fwd+bwd')} | "
             f"{ratio(row, 'fat5/fwd+bwd', 'sdpa+bias/fwd+bwd')} | {memory} | "
-            f"{worst(row, 'fat5'):.1e} / {worst(row, 'sdpa_bias'):.1e} |"
+            f"{worst(row, 'fat5'):.1e} / {worst(row, 'sdpa_bias'):.1e} | "
+            f"{worst(row, 'fat5_no_bias'):.1e} / {worst(row, 'sdpa'):.1e} |"
         )
     for row in results:
         for quantity, fat5_error in row["errors"]["fat5"].items():
             # bf16 inputs: fat5 within a few times the error of SDPA's own bf16 route on the same inputs.
             sdpa_error = row["errors"]["sdpa_bias"][quantity]
             assert math.isfinite(fat5_error) and fat5_error < 4 * sdpa_error + 2e-3, (row["length"], quantity)
+        for quantity, fat5_error in row["errors"]["fat5_no_bias"].items():
+            # The same algorithm as SDPA's flash kernel (bf16 probabilities and score gradients, the row term of the
+            # softmax gradient from the bf16 output): the same error, give or take the order of the sums.
+            sdpa_error = row["errors"]["sdpa"][quantity]
+            assert fat5_error < 1.5 * sdpa_error + 5e-4, (row["length"], quantity, "without bias")
 
 
 if __name__ == "__main__":
