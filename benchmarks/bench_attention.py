@@ -22,6 +22,7 @@ by more than a few times the dense-bias route's error, or by more than SDPA's fl
 """
 
 import argparse
+import dataclasses
 import json
 import math
 
@@ -195,7 +196,10 @@ def sweep(head_dim, kernels, length=4096):
     """Time each kernel's candidate tiles (the others fixed at their best so far) and keep the fastest in place."""
     q, k, v, table, grad_out = make_inputs(TOKENS // length, length, head_dim)
     tuned = attention.TUNED_CONFIGS["wide" if head_dim > 64 else "narrow"]
-    report = {"head_dim": head_dim, "before": {kernel: tuple(vars(tuned[kernel]).values()) for kernel in tuned}}
+    report = {
+        "head_dim": head_dim,
+        "before": {kernel: dataclasses.astuple(config) for kernel, config in tuned.items()},
+    }
     for kernel in kernels:
         timings = {}
         for candidate in SWEEP_CANDIDATES[kernel]:
