@@ -19,7 +19,6 @@ and SDPA's flash kernel without a bias (the same algorithm: the like-for-like pa
 by more than a few times the dense-bias route's error, or by more than SDPA's flash kernel's without a bias.
 
     --sweep [--sweep-kernels backward_kv ...]  first time candidate tiles at N = 4096 and keep the fastest
-    --query-gradient atomic|kernel              time the backward that adds dQ atomically, or the one with a dQ kernel
 """
 
 import argparse
@@ -190,65 +189,28 @@ SWEEP_CANDIDATES = {
         (16, 64, 4, 3),
     ],
     "backward_q": [(128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
-    # The key/value-gradient kernel adding dQ with atomics (no query-gradient kernel): kept only if faster than the
-    # two kernels at their best tiles.
-    "atomic_dq": [
-        (64, 64, 4, 2),
-        (64, 64, 4, 3),
-        (64, 64, 8, 2),
-        (64, 64, 8, 3),
-        (64, 128, 8, 2),
-        (64, 128, 8, 3),
-        (32, 128, 4, 2),
-        (32, 128, 8, 2),
-        (128, 64, 8, 2),
-        (128, 128, 8, 2),
-        (32, 64, 4, 3),
-    ],
 }
 
 
-def sweep(head_dim, kernels, length=4096, cuda_graphs=False):
-    """Time each kernel's candidate tiles (the others fixed at their best so far) and keep the fastest in place.
-
-    `atomic_dq` times the key/value-gradient kernel's tiles with dQ added atomically, against the two backward kernels
-    at their current tiles, and keeps whichever backward is faster.
-    """
+def sweep(head_dim, kernels, length=4096):
+    """Time each kernel's candidate tiles (the others fixed at their best so far) and keep the fastest in place."""
     q, k, v, table, grad_out = make_inputs(TOKENS // length, length, head_dim)
-    group = "wide" if head_dim > 64 else "narrow"
-    tuned = attention.TUNED_CONFIGS[group]
+    tuned = attention.TUNED_CONFIGS["wide" if head_dim > 64 else "narrow"]
     report = {
         "head_dim": head_dim,
         "before": {kernel: dataclasses.astuple(config) for kernel, config in tuned.items()},
-        "atomic_dq_before": attention.ATOMIC_QUERY_GRADIENT[group],
     }
     for kernel in kernels:
         timings = {}
-        tuned_kernel = "backward_kv" if kernel == "atomic_dq" else kernel
-        if kernel == "atomic_dq":
-            attention.ATOMIC_QUERY_GRADIENT[group] = False
-            two_kernels = (tuned["backward_kv"], measure(run_fat5, q, k, v, table, grad_out, True, cuda_graphs)["ms"])
-            attention.ATOMIC_QUERY_GRADIENT[group] = True
         for candidate in SWEEP_CANDIDATES[kernel]:
-            tuned[tuned_kernel] = attention.KernelConfig(*candidate)
+            tuned[kernel] = attention.KernelConfig(*candidate)
             try:
-                timings[candidate] = measure(run_fat5, q, k, v, table, grad_out, kernel != "forward", cuda_graphs)[
-                    "ms"
-                ]
+                timings[candidate] = measure(run_fat5, q, k, v, table, grad_out, kernel != "forward")["ms"]
             except Exception as error:  # a tile that does not fit (shared memory, registers) is not a candidate
                 print(f"  {kernel} {candidate}: {type(error).__name__}", flush=True)
         best = min(timings, key=timings.get)
-        tuned[tuned_kernel] = attention.KernelConfig(*best)
+        tuned[kernel] = attention.KernelConfig(*best)
         report[kernel] = {"best": best, "ms": {str(c): round(t, 3) for c, t in timings.items()}}
-        if kernel == "atomic_dq":
-            report[kernel]["two_kernels"] = {
-                "tiles": dataclasses.astuple(two_kernels[0]),
-                "ms": round(two_kernels[1], 3),
-            }
-            if two_kernels[1] <= timings[best]:
-                attention.ATOMIC_QUERY_GRADIENT[group] = False
-                tuned[tuned_kernel] = two_kernels[0]
-            report[kernel]["kept"] = "atomic" if attention.ATOMIC_QUERY_GRADIENT[group] else "two kernels"
     return report
 
 
@@ -273,20 +235,12 @@ def main():
         "--sweep", action="store_true", help="first try tile configurations at N = 4096, keep the best"
     )
     parser.add_argument("--sweep-kernels", nargs="+", default=list(SWEEP_CANDIDATES), choices=list(SWEEP_CANDIDATES))
-    parser.add_argument(
-        "--query-gradient",
-        choices=["atomic", "kernel"],
-        help="force how the backward computes dQ for every head dim (default: ATOMIC_QUERY_GRADIENT, or the sweep's)",
-    )
     args = parser.parse_args()
 
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    if args.query_gradient:
-        for group in attention.ATOMIC_QUERY_GRADIENT:
-            attention.ATOMIC_QUERY_GRADIENT[group] = args.query_gradient == "atomic"
     if args.sweep:
         for head_dim in args.head_dims:
-            print(json.dumps(sweep(head_dim, args.sweep_kernels, cuda_graphs=args.cuda_graphs)), flush=True)
+            print(json.dumps(sweep(head_dim, args.sweep_kernels)), flush=True)
     run_flex = make_flex()
     results = []
     for head_dim in args.head_dims:
@@ -317,11 +271,6 @@ def main():
                 "device": torch.cuda.get_device_name(),
                 "torch": torch.__version__,
                 "cuda_graphs": args.cuda_graphs,
-                "atomic_query_gradient": attention.ATOMIC_QUERY_GRADIENT,
-                "tiles": {
-                    group: {kernel: dataclasses.astuple(config) for kernel, config in configs.items()}
-                    for group, configs in attention.TUNED_CONFIGS.items()
-                },
                 "rows": results,
             },
             handle,

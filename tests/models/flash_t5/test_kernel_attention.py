@@ -68,13 +68,6 @@ def padding_mask(batch, seq_n, lengths):
     return mask
 
 
-@pytest.fixture(params=[False, True], ids=["dq-kernel", "dq-atomic"])
-def query_gradient(request, monkeypatch):
-    """Run a test through both ways of computing dQ: its own kernel, and atomic adds from the key/value kernel."""
-    monkeypatch.setattr(A, "ATOMIC_QUERY_GRADIENT", {"narrow": request.param, "wide": request.param})
-    return request.param
-
-
 def relative_error(actual, expected):
     actual, expected = actual.double(), expected.double()
     assert torch.isfinite(actual).all(), "non-finite values (an element left unwritten?)"
@@ -113,7 +106,7 @@ def run_both(kernel_kwargs, reference_kwargs, q, k, v, scale, bias_leaf=None, re
     ],
     ids=["encoder", "encoder-padded", "decoder-padded", "decoder-cached-keys", "encoder-far-tiles"],
 )
-def test_t5_relative_bias(poison, query_gradient, seq_m, seq_n, bidirectional, lengths):
+def test_t5_relative_bias(poison, seq_m, seq_n, bidirectional, lengths):
     num_buckets, max_distance, heads = 8, 12, 3
     q, k, v = inputs(2, heads, seq_m, seq_n, 32, torch.float32)
     table = torch.randn(num_buckets, heads, device=DEVICE).requires_grad_()
@@ -138,7 +131,7 @@ def test_t5_relative_bias(poison, query_gradient, seq_m, seq_n, bidirectional, l
 
 
 @pytest.mark.parametrize("asymmetric", [False, True], ids=["symmetric", "asymmetric"])
-def test_alibi(poison, query_gradient, asymmetric):
+def test_alibi(poison, asymmetric):
     heads, seq = 4, 35
     q, k, v = inputs(2, heads, seq, seq, 16, torch.float32, seed=1)
     slopes = torch.tensor(alibi_slopes(heads // 2 if asymmetric else heads), device=DEVICE)
@@ -155,7 +148,7 @@ def test_alibi(poison, query_gradient, asymmetric):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
-def test_dense_bias_and_its_gradient(poison, query_gradient, causal):
+def test_dense_bias_and_its_gradient(poison, causal):
     heads, seq = 2, 33
     q, k, v = inputs(2, heads, seq, seq, 24, torch.float32, seed=2)
     bias = torch.randn(1, heads, seq, seq, device=DEVICE).requires_grad_()
@@ -169,14 +162,14 @@ def test_dense_bias_and_its_gradient(poison, query_gradient, causal):
     check(actual, [expected, *torch.autograd.grad(expected, leaves, grad.double())], 1e-5)
 
 
-def test_cross_attention_without_bias(poison, query_gradient):
+def test_cross_attention_without_bias(poison):
     q, k, v = inputs(2, 2, 19, 40, 32, torch.float32, seed=3)
     mask = padding_mask(2, 40, (40, 26))
     actual, expected = run_both({}, {}, q, k, v, 1.0, mask=mask)
     check(actual, expected, 1e-5)
 
 
-def test_all_keys_masked_gives_zeros(poison, query_gradient):
+def test_all_keys_masked_gives_zeros(poison):
     q, k, v = inputs(2, 2, 17, 17, 16, torch.float32, seed=4)
     mask = padding_mask(2, 17, (17, 0))
     out, _ = A.fat5_attention(Module(), q, k, v, mask, scaling=1.0)
@@ -256,17 +249,6 @@ def test_bad_inputs_are_clear_errors():
         A.fat5_attention(Module(), q, k[:, :, :5], v[:, :, :5], None, is_causal=True)
 
 
-def test_deterministic_mode_computes_dq_in_its_own_kernel(monkeypatch):
-    monkeypatch.setattr(A, "ATOMIC_QUERY_GRADIENT", {"narrow": True, "wide": True})
-    assert A.atomic_query_gradient(64) and A.atomic_query_gradient(128)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        torch.use_deterministic_algorithms(True)
-        assert not A.atomic_query_gradient(64) and not A.atomic_query_gradient(128)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU interpreter's refusal of bf16")
 def test_bf16_under_the_interpreter_takes_sdpa():
     q, k, v = inputs(1, 2, 20, 20, 16, torch.bfloat16)
@@ -276,7 +258,7 @@ def test_bf16_under_the_interpreter_takes_sdpa():
 
 
 @pytest.mark.parametrize("bias_kind", ["relative", "dense", "none"])
-def test_opcheck(query_gradient, bias_kind):
+def test_opcheck(bias_kind):
     """The ops' registrations agree with their implementation (`torch.library.opcheck`): output shapes, dtypes and
     strides of the fake implementations (the traced implementation itself on a GPU), the autograd registration,
     and a trace under AOT dispatch."""

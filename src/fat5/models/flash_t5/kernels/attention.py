@@ -94,19 +94,6 @@ TUNED_CONFIGS = {
     },
 }
 
-# Whether the key/value-gradient kernel also adds each tile's share of dQ into an fp32 buffer with atomic adds (five
-# tile products per tile of scores, FlashAttention-2's backward) instead of a query-gradient kernel computing the
-# scores again (seven). Atomic adds sum in no fixed order: under torch.use_deterministic_algorithms the backward
-# takes the second kernel whatever this says.
-ATOMIC_QUERY_GRADIENT = {"narrow": False, "wide": False}
-
-
-def atomic_query_gradient(head_dim: int) -> bool:
-    """Whether the backward of this head dim adds dQ with atomics (see ATOMIC_QUERY_GRADIENT)."""
-    if torch.are_deterministic_algorithms_enabled():
-        return False
-    return ATOMIC_QUERY_GRADIENT["wide" if head_dim > 64 else "narrow"]
-
 
 @triton.jit
 def _scores(
@@ -480,12 +467,12 @@ def _query_ranges(
 @triton.jit
 def _backward_kv_range(
     dk, dv, far_before, far_after, k, v, q_base, do_base, lo, hi, far_bias, offs_n, offs_d, offs_m_block, start_n,
-    batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom, scale, qk_scale, query_offset,
-    max_distance, LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
-    stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES,
-    num_bias_tiles, bias_tile_lo, dq_base, stride_dqm, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr, BLOCK_DIAGONALS: tl.constexpr, FAST: tl.constexpr,
-    FAR_AFTER: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    batch, head, batch_head, num_heads, seq_m, seq_n, stride_qm, stride_dom, qk_scale, query_offset, max_distance,
+    LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, DBIAS,
+    stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles,
+    bias_tile_lo, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr,
+    BLOCK_DIAGONALS: tl.constexpr,
+    FAST: tl.constexpr, FAR_AFTER: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr,
     ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
@@ -515,11 +502,6 @@ def _backward_kv_range(
         # Gradient of the natural-domain scores (scale * q.k + bias): also the gradient of the bias.
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-        if ATOMIC_DQ:
-            # This tile's share of dQ, added into the fp32 accumulator that every key block of the row adds to.
-            dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * scale
-            dq_ptrs = dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :]
-            tl.atomic_add(dq_ptrs, dq, mask=row_ok[:, None] & d_ok, sem="relaxed")
         if BIAS_GRAD:
             if BIAS_KIND == 3:
                 dbias_ptrs = (
@@ -572,7 +554,6 @@ def _backward_kv_kernel(
     DELTA,
     DK,
     DV,
-    DQ_ACCUMULATOR,
     KEY_MASK,
     BIAS,
     BIAS_TILES,
@@ -596,9 +577,6 @@ def _backward_kv_kernel(
     stride_dvb,
     stride_dvh,
     stride_dvn,
-    stride_dqb,
-    stride_dqh,
-    stride_dqm,
     stride_mask_b,
     stride_bias_b,
     stride_bias_h,
@@ -624,14 +602,12 @@ def _backward_kv_kernel(
     BLOCK_DIAGONALS: tl.constexpr,
     BIAS_KIND: tl.constexpr,
     BIAS_GRAD: tl.constexpr,
-    ATOMIC_DQ: tl.constexpr,
     ALIBI_ASYMMETRIC: tl.constexpr,
     CAUSAL: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """dK and dV of one key block, looping over the query blocks; also the bias gradient of each tile and, with
-    ATOMIC_DQ, each tile's share of dQ (fp32)."""
+    """dK and dV of one key block, looping over the query blocks; also the bias gradient of each tile."""
     # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
     scale = tl.cast(scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
@@ -653,7 +629,6 @@ def _backward_kv_kernel(
 
     q_base = Q + batch * stride_qb + head * stride_qh
     do_base = DO + batch * stride_dob + head * stride_doh
-    dq_base = DQ_ACCUMULATOR + batch * stride_dqb + head * stride_dqh
     relative_width = 2 * max_distance + 1
     # This program's own row of relative-position gradient sums: no other program writes it.
     relative_grad_row = SCRATCH + (batch_head * tl.num_programs(0) + block_n) * relative_width
@@ -679,11 +654,11 @@ def _backward_kv_kernel(
         dk, dv, far_before, far_after = _backward_kv_range(
             dk, dv, far_before, far_after, k, v, q_base, do_base, bounds[segment], bounds[segment + 1],
             far_biases[segment], offs_n, offs_d, offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m,
-            seq_n, stride_qm, stride_dom, scale, qk_scale, query_offset, max_distance, LSE, DELTA, KEY_MASK,
-            stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b,
-            stride_dbias_h, stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo,
-            dq_base, stride_dqm, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP, BLOCK_DIAGONALS, segment % 2 == 0,
-            segment == 0, BIAS_KIND, BIAS_GRAD, ATOMIC_DQ, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+            seq_n, stride_qm, stride_dom, qk_scale, query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b,
+            BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h,
+            stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM,
+            BLOCK_M, BLOCK_N, TILE_STEP, BLOCK_DIAGONALS, segment % 2 == 0, segment == 0, BIAS_KIND, BIAS_GRAD,
+            ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
 
     if BIAS_GRAD:
@@ -956,10 +931,6 @@ def _backward(
     )  # fmt: skip
 
     dq = _new_like_heads_last(batch, heads, seq_m, head_dim, q)
-    atomic_dq = atomic_query_gradient(head_dim)
-    dq_accumulator = (
-        q.new_zeros(batch, seq_m, heads, head_dim, dtype=torch.float32).transpose(1, 2) if atomic_dq else q
-    )
     dk = _new_like_heads_last(batch, heads, seq_n, head_dim, k)
     dv = _new_like_heads_last(batch, heads, seq_n, head_dim, v)
     key_mask_arg = key_mask if key_mask is not None else q
@@ -990,34 +961,30 @@ def _backward(
     dbias_strides = (dbias.stride(0), dbias.stride(1), dbias.stride(2)) if dbias.dim() == 4 else (0, 0, 0)
     tiles, num_tiles, tile_lo, tile_step = _tile_arguments(kv_tiles, max_distance, query_offset, config, q)
     wrap_triton(_backward_kv_kernel)[(num_n_blocks, batch * heads)](
-        q, k, v, grad_out, lse, delta, dk, dv, dq_accumulator, key_mask_arg, bias_arg, tiles,
+        q, k, v, grad_out, lse, delta, dk, dv, key_mask_arg, bias_arg, tiles,
         dbias if dbias.numel() else q, scratch,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(2), grad_out.stride(1),
         dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
-        dq_accumulator.stride(0), dq_accumulator.stride(1), dq_accumulator.stride(2),
         key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind), *dbias_strides,
         heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=tile_step,
-        BLOCK_DIAGONALS=triton.next_power_of_2(config.block_m + config.block_n), BIAS_GRAD=bias_grad,
-        ATOMIC_DQ=atomic_dq, **common, num_warps=config.num_warps, num_stages=config.num_stages,
+        BLOCK_DIAGONALS=triton.next_power_of_2(config.block_m + config.block_n), BIAS_GRAD=bias_grad, **common,
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
 
-    if atomic_dq:
-        dq.copy_(dq_accumulator)
-    else:
-        config = configs["backward_q"]
-        tiles, num_tiles, tile_lo, tile_step = _tile_arguments(q_tiles, max_distance, query_offset, config, q)
-        wrap_triton(_backward_q_kernel)[(triton.cdiv(seq_m, config.block_m), batch * heads)](
-            q, k, v, grad_out, lse, delta, dq, key_mask_arg, bias_arg, tiles,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(2), grad_out.stride(1),
-            dq.stride(0), dq.stride(1), dq.stride(2),
-            key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind),
-            heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
-            BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=tile_step, **common,
-            num_warps=config.num_warps, num_stages=config.num_stages,
-        )  # fmt: skip
+    config = configs["backward_q"]
+    tiles, num_tiles, tile_lo, tile_step = _tile_arguments(q_tiles, max_distance, query_offset, config, q)
+    wrap_triton(_backward_q_kernel)[(triton.cdiv(seq_m, config.block_m), batch * heads)](
+        q, k, v, grad_out, lse, delta, dq, key_mask_arg, bias_arg, tiles,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(2), grad_out.stride(1),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind),
+        heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=tile_step, **common,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )  # fmt: skip
 
     if bias_grad and bias_kind == BIAS_RELATIVE:
         partial_rows = scratch[: num_n_blocks * batch * heads * relative_width]
