@@ -2,12 +2,15 @@
 
     PYTHONPATH=src python benchmarks/profile_training.py --length 1024 [--model fat5|t5_sdpa|...] [--cpu] [--sync-debug]
 
-Prints the CUDA kernels (or, with --cpu, the host-side operators) that take the most time, summed over the steps.
+Prints a step's wall time (timed without the profiler) against the GPU time of its kernels (from the profile): a
+step whose GPU time falls short of its wall time leaves the GPU waiting for the host. Then the CUDA kernels (or, with
+--cpu, the host-side operators) that take the most time, summed over the steps.
 With --sync-debug, every operation of the profiled steps that makes the host wait for the GPU prints a warning: a
 step whose wall time exceeds its GPU time either launches too slowly or synchronises.
 """
 
 import argparse
+import time
 
 import torch
 from bench_training import VARIANTS, training_step
@@ -30,6 +33,11 @@ def main():
     for _ in range(3):
         step()
     torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - start) * 1e3 / args.steps
     activities = [torch.profiler.ProfilerActivity.CUDA]
     if args.cpu:
         activities.append(torch.profiler.ProfilerActivity.CPU)
@@ -40,9 +48,13 @@ def main():
             step()
         torch.cuda.set_sync_debug_mode("default")
         torch.cuda.synchronize()
+    events = profiler.key_averages()
+    kernels = [event for event in events if event.device_type == torch.autograd.DeviceType.CUDA]
+    gpu_ms = sum(event.self_device_time_total for event in kernels) / 1e3 / args.steps
+    print(f"{args.model} L={args.length}: {wall_ms:.1f} ms wall a step, {gpu_ms:.1f} ms of GPU kernels a step")
     sort_by = "self_cpu_time_total" if args.cpu else "self_cuda_time_total"
     print(f"{args.model} L={args.length}: top {sort_by} over {args.steps} steps")
-    table = profiler.key_averages().table(sort_by=sort_by, row_limit=args.rows, max_name_column_width=60)
+    table = events.table(sort_by=sort_by, row_limit=args.rows, max_name_column_width=60)
     print(table)
 
 
