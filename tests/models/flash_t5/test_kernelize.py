@@ -65,3 +65,19 @@ def test_kernelized_model_matches_eager_model():
     for name, actual, eager_grad, expected in zip(dict(fused.named_parameters()), grads, eager_grads, expected_grads):
         bound = 10 * relative_error(eager_grad, expected) + 1e-5
         assert relative_error(actual, expected) <= bound, name
+
+
+def test_kernelized_model_compiles_whole():
+    """torch.compile(fullgraph=True) of a kernelized model gives its eager loss and gradients: on a GPU through Inductor,
+    which launches the kernels of the norm and loss ops itself (they are triton_ops there), under the CPU interpreter
+    through AOT autograd (the ops are opaque there)."""
+    model = fat5.kernelize(tiny_model().float())
+    generator = torch.Generator().manual_seed(2)
+    input_ids = torch.randint(2, 50, (2, 11), generator=generator).to(DEVICE)
+    labels = torch.randint(2, 50, (2, 7), generator=generator).to(DEVICE)
+    expected_loss, expected_grads = loss_and_grads(model, input_ids, labels)
+    compiled = torch.compile(model, fullgraph=True, backend="inductor" if DEVICE == "cuda" else "aot_eager")
+    loss, grads = loss_and_grads(compiled, input_ids, labels)
+    assert abs(loss.item() - expected_loss.item()) <= 1e-5 * abs(expected_loss.item())
+    for name, actual, expected in zip(dict(model.named_parameters()), grads, expected_grads):
+        assert relative_error(actual, expected.double()) <= 1e-4, name

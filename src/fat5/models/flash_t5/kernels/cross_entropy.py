@@ -16,8 +16,9 @@ must not poison a training run.
 
 Gradient of loss_i with respect to x_i: softmax(x_i) * (1 + 2 z lse_i) - ls / V - (1 - ls) * onehot(y_i).
 
-- `cross_entropy(logits, labels, ...)`: a custom op (forward: one read of the logits, online logsumexp over vocabulary
-  blocks; backward: one read, one write) with autograd.
+- `cross_entropy(logits, labels, ...)`: a `kernel_op` (a `torch.library.triton_op` on a GPU, whose kernel a compiled
+  graph launches with no Python per call; forward: one read of the logits, online logsumexp over vocabulary blocks;
+  backward: one read, one write) with autograd.
 - `linear_cross_entropy(hidden, weight, labels, ..., scale, chunk_size)`: the loss of `(hidden * scale) @ weight.T`
   without the (tokens, vocab) logits: token chunks, each one's logits made by a matmul in the input dtype, turned into
   their gradient in place by the kernel, then multiplied back into dhidden and dweight at once. The gradients are
@@ -31,8 +32,9 @@ This module imports Triton at import time: import it only where Triton exists.
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
-from .utils import fix_interpreter_loop_bounds, interpreting
+from .utils import fix_interpreter_loop_bounds, interpreting, kernel_op
 
 
 fix_interpreter_loop_bounds()
@@ -69,6 +71,9 @@ def _cross_entropy_kernel(
 ):
     """One program per row. COMPUTE_LOSS: logsumexp and loss of the row into LSE and LOSS. WRITE_GRAD: the gradient
     of the row, times DLOSS[row] (stride 0: one scalar for all rows), into GRAD (which may be LOGITS itself)."""
+    # torch.compile passes Python floats as fp64 scalars: keep the loss and its gradient in fp32.
+    label_smoothing = tl.cast(label_smoothing, tl.float32)
+    z_loss = tl.cast(z_loss, tl.float32)
     row = tl.program_id(0).to(tl.int64)
     label = tl.load(LABELS + row).to(tl.int64)
     valid = label != ignore_index
@@ -116,7 +121,7 @@ def _launch(logits, labels, loss, lse, dloss, grad, ignore_index, label_smoothin
     if n_rows == 0:
         return
     block_v, num_warps = _block_v(n_cols)
-    _cross_entropy_kernel[(n_rows,)](
+    wrap_triton(_cross_entropy_kernel)[(n_rows,)](
         logits,
         logits.stride(0),
         labels,
@@ -152,7 +157,12 @@ def _check_logits(logits: torch.Tensor, labels: torch.Tensor):
 # cross_entropy on given logits
 
 
-@torch.library.custom_op("fat5::cross_entropy_fwd", mutates_args=())
+def _cross_entropy_fwd_fake(logits, labels, ignore_index, label_smoothing, z_loss):
+    loss = logits.new_empty(logits.shape[:1], dtype=torch.float32)
+    return loss, torch.empty_like(loss)
+
+
+@kernel_op("fat5::cross_entropy_fwd", _cross_entropy_fwd_fake)
 def _cross_entropy_fwd_op(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, label_smoothing: float, z_loss: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,13 +175,11 @@ def _cross_entropy_fwd_op(
     return loss, lse
 
 
-@_cross_entropy_fwd_op.register_fake
-def _(logits, labels, ignore_index, label_smoothing, z_loss):
-    loss = logits.new_empty(logits.shape[:1], dtype=torch.float32)
-    return loss, torch.empty_like(loss)
+def _cross_entropy_bwd_fake(dloss, logits, labels, lse, ignore_index, label_smoothing, z_loss):
+    return logits.new_empty(logits.shape)
 
 
-@torch.library.custom_op("fat5::cross_entropy_bwd", mutates_args=())
+@kernel_op("fat5::cross_entropy_bwd", _cross_entropy_bwd_fake)
 def _cross_entropy_bwd_op(
     dloss: torch.Tensor,
     logits: torch.Tensor,
@@ -186,11 +194,6 @@ def _cross_entropy_bwd_op(
     grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     _launch(logits, labels, lse, lse, dloss, grad, ignore_index, label_smoothing, z_loss, False, True)
     return grad
-
-
-@_cross_entropy_bwd_op.register_fake
-def _(dloss, logits, labels, lse, ignore_index, label_smoothing, z_loss):
-    return logits.new_empty(logits.shape)
 
 
 def _ce_setup_context(ctx, inputs, output):

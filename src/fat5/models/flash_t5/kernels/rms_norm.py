@@ -15,8 +15,9 @@ the sum is rounded to its dtype (`promote(x.dtype, residual.dtype)`) before it i
 Backward: dx in one pass per row; dweight is reduced in two stages (each program of a persistent grid accumulates the
 rows it owns in fp32 registers and writes one partial row, then the partial rows are summed).
 
-Both ops are `torch.library.custom_op`s (namespace `fat5`) with fake implementations and registered autograd, so they
-work under `torch.compile(fullgraph=True)`. `FusedT5RMSNorm` is a drop-in replacement for `T5LayerNorm` /
+Both ops (namespace `fat5`, registered autograd) are `kernel_op`s: `torch.library.triton_op`s on a GPU, whose kernels
+a compiled graph launches with no Python per call, opaque custom ops under the CPU interpreter; either way they work
+under `torch.compile(fullgraph=True)`. `FusedT5RMSNorm` is a drop-in replacement for `T5LayerNorm` /
 `FlashT5LayerNorm` (same `weight` parameter, same `variance_epsilon`, same state dict); it uses the kernel on CUDA
 (or under `TRITON_INTERPRET=1`) and the eager formula elsewhere.
 
@@ -27,8 +28,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import nn
+from torch.library import wrap_triton
 
-from .utils import fix_interpreter_loop_bounds, interpreting
+from .utils import fix_interpreter_loop_bounds, interpreting, kernel_op
 
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -80,6 +82,8 @@ def _rms_norm_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
+    # torch.compile passes Python floats as fp64 scalars: keep the statistics in fp32.
+    eps = tl.cast(eps, tl.float32)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
@@ -190,7 +194,7 @@ def _forward(x, residual, weight, eps):
     h2 = h.view(-1, n_cols)
     block_m, block_n, num_warps = _tile(n_cols, 4096)
     grid = (triton.cdiv(n_rows, block_m),)
-    _rms_norm_fwd_kernel[grid](
+    wrap_triton(_rms_norm_fwd_kernel)[grid](
         x2,
         r2,
         weight,
@@ -230,7 +234,7 @@ def _backward(dy, x, weight, rstd, dres, compute_dw):
     rows_per_program = triton.cdiv(n_tiles, n_programs) * block_m
     n_programs = triton.cdiv(n_rows, rows_per_program)
     dw_partial = torch.empty((n_programs, n_cols), dtype=torch.float32, device=x.device) if compute_dw else rstd
-    _rms_norm_bwd_kernel[(n_programs,)](
+    wrap_triton(_rms_norm_bwd_kernel)[(n_programs,)](
         dy2,
         x2,
         weight,
@@ -256,22 +260,27 @@ def _backward(dy, x, weight, rstd, dres, compute_dw):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# custom ops
+# ops
 
 
-@torch.library.custom_op("fat5::rms_norm_fwd", mutates_args=())
+def _rms_norm_fwd_fake(x, weight, eps):
+    y = x.new_empty(x.shape, dtype=rms_norm_output_dtype(x.dtype, weight.dtype))
+    return y, x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
+@kernel_op("fat5::rms_norm_fwd", _rms_norm_fwd_fake)
 def _rms_norm_fwd_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     y, _, rstd = _forward(x, None, weight, eps)
     return y, rstd
 
 
-@_rms_norm_fwd_op.register_fake
-def _(x, weight, eps):
+def _add_rms_norm_fwd_fake(x, residual, weight, eps):
     y = x.new_empty(x.shape, dtype=rms_norm_output_dtype(x.dtype, weight.dtype))
-    return y, x.new_empty(x.shape[:-1], dtype=torch.float32)
+    h = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype))
+    return y, h, x.new_empty(x.shape[:-1], dtype=torch.float32)
 
 
-@torch.library.custom_op("fat5::add_rms_norm_fwd", mutates_args=())
+@kernel_op("fat5::add_rms_norm_fwd", _add_rms_norm_fwd_fake)
 def _add_rms_norm_fwd_op(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -280,14 +289,11 @@ def _add_rms_norm_fwd_op(
     return _forward(x, residual, weight, eps)
 
 
-@_add_rms_norm_fwd_op.register_fake
-def _(x, residual, weight, eps):
-    y = x.new_empty(x.shape, dtype=rms_norm_output_dtype(x.dtype, weight.dtype))
-    h = x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype))
-    return y, h, x.new_empty(x.shape[:-1], dtype=torch.float32)
+def _rms_norm_bwd_fake(dy, x, weight, rstd, dres, compute_dw):
+    return x.new_empty(x.shape), (weight.new_empty(weight.shape) if compute_dw else weight.new_empty(0))
 
 
-@torch.library.custom_op("fat5::rms_norm_bwd", mutates_args=())
+@kernel_op("fat5::rms_norm_bwd", _rms_norm_bwd_fake)
 def _rms_norm_bwd_op(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -297,11 +303,6 @@ def _rms_norm_bwd_op(
     compute_dw: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _backward(dy, x, weight, rstd, dres, compute_dw)
-
-
-@_rms_norm_bwd_op.register_fake
-def _(dy, x, weight, rstd, dres, compute_dw):
-    return x.new_empty(x.shape), (weight.new_empty(weight.shape) if compute_dw else weight.new_empty(0))
 
 
 def _rms_norm_setup_context(ctx, inputs, output):
