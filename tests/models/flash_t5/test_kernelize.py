@@ -67,6 +67,24 @@ def test_kernelized_model_matches_eager_model():
         assert relative_error(actual, expected) <= bound, name
 
 
+def test_training_loss_makes_no_logits_but_evaluation_does():
+    """In training, given labels, the kernelized model's loss comes from the LM head fused into the loss: no logits.
+    In evaluation it computes the logits (those of the model before kernelize) and the loss on them."""
+    model = tiny_model().float()
+    generator = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(2, 50, (2, 11), generator=generator).to(DEVICE)
+    labels = torch.randint(2, 50, (2, 7), generator=generator).to(DEVICE)
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, labels=labels)
+        fat5.kernelize(model)
+        training = model(input_ids=input_ids, labels=labels)
+        evaluation = model.eval()(input_ids=input_ids, labels=labels)
+    assert training.logits is None
+    torch.testing.assert_close(training.loss, expected.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(evaluation.logits, expected.logits)
+    torch.testing.assert_close(evaluation.loss, expected.loss, rtol=1e-5, atol=1e-6)
+
+
 def test_kernelized_model_compiles_whole():
     """torch.compile(fullgraph=True) of a kernelized model gives its eager loss and gradients: on a GPU through Inductor,
     which launches the kernels of the norm and loss ops itself (they are triton_ops there), under the CPU interpreter

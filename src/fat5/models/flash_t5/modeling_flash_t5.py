@@ -863,6 +863,10 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         "decoder.embed_tokens.weight": "shared.weight",
     }
     _tied_weights_keys = {**_shared_embedding_keys, "lm_head.weight": "shared.weight"}
+    # Set by `fat5.kernelize` to the Triton loss fused with the LM head, `(hidden_states, labels) -> loss`: a training
+    # forward given labels then takes the loss from the decoder's last hidden states chunk by chunk, and no
+    # (tokens x vocab) logits exist (`logits` is None; evaluation computes them).
+    fused_head_loss = None
 
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
@@ -966,9 +970,11 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         # T5 v1.1, FLAN-T5, mT5 and FAT5 ones have their own head.
         if self.config.scale_decoder_outputs:
             sequence_output = sequence_output * (self.config.hidden_size**-0.5)
-        lm_logits = self.lm_head(sequence_output)
-
-        loss = self.lm_loss(lm_logits, labels) if labels is not None else None
+        if labels is not None and self.training and self.fused_head_loss is not None:
+            lm_logits, loss = None, self.fused_head_loss(sequence_output, labels)
+        else:
+            lm_logits = self.lm_head(sequence_output)
+            loss = self.lm_loss(lm_logits, labels) if labels is not None else None
         return Seq2SeqLMOutput(
             loss=loss,
             logits=lm_logits,

@@ -71,6 +71,10 @@ def fat5_attention_mask(
 def kernelize(model):
     """Swap FAT5's Triton RMSNorm (every `FlashT5LayerNorm`) and Triton LM loss into `model`, in place; returns it.
 
+    The LM loss of a training forward given labels is `linear_cross_entropy`, the LM head fused into the loss: the
+    (tokens x vocab) logits are never made (their memory decides at mT5's 250k vocabulary), and `logits` is None. In
+    evaluation, and without labels, the model computes its logits, and the loss on them with the Triton cross-entropy.
+
     The state dict does not change (the fused norms share the parameters). The fused layers fall back to the eager
     formulas on tensors the kernels do not serve (CPU without `TRITON_INTERPRET=1`), so a kernelized model still runs
     everywhere. Attention is chosen separately, with `attn_implementation="fat5"`.
@@ -82,7 +86,7 @@ def kernelize(model):
     if not is_triton_available():
         raise ImportError("fat5.kernelize needs Triton (`pip install triton`).")
     from ..modeling_flash_t5 import FlashT5LayerNorm
-    from .cross_entropy import cross_entropy
+    from .cross_entropy import cross_entropy, linear_cross_entropy
     from .rms_norm import FusedT5RMSNorm
 
     for parent in list(model.modules()):
@@ -103,7 +107,18 @@ def kernelize(model):
                 z_loss=config.z_loss,
             )
 
+        def fused_head_loss(hidden_states, labels):
+            return linear_cross_entropy(
+                hidden_states,
+                model.get_output_embeddings().weight,
+                labels.to(hidden_states.device),
+                ignore_index=-100,
+                label_smoothing=config.label_smoothing,
+                z_loss=config.z_loss,
+            )
+
         model.lm_loss = fused_lm_loss
+        model.fused_head_loss = fused_head_loss
     return model
 
 
