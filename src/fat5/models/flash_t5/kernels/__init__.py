@@ -79,9 +79,9 @@ def kernelize(model):
     formulas on tensors the kernels do not serve (CPU without `TRITON_INTERPRET=1`), so a kernelized model still runs
     everywhere. Attention is chosen separately, with `attn_implementation="fat5"`.
 
-    It is for uncompiled training, where the fused norm and loss take less memory. Under `torch.compile` the eager
-    norm is the faster one: Inductor fuses it with the operations around it (an H200 training step of T5-base ran
-    18 % slower kernelized; `benchmarks/README.md`).
+    It saves memory, not time: an H200 training step of T5-base took 12 % less memory and 23 % more time uncompiled,
+    and, compiled, 18 % more time than the compiled model alone (before the LM head was fused in; likely because
+    Inductor fuses each norm with its neighbours). See `benchmarks/README.md`.
     """
     if not is_triton_available():
         raise ImportError("fat5.kernelize needs Triton (`pip install triton`).")
