@@ -863,7 +863,7 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         "decoder.embed_tokens.weight": "shared.weight",
     }
     _tied_weights_keys = {**_shared_embedding_keys, "lm_head.weight": "shared.weight"}
-    # Set by `fat5.kernelize` to the Triton loss fused with the LM head, `(hidden_states, labels) -> loss`: a training
+    # The Triton loss fused with the LM head, `(hidden_states, labels) -> loss`, set by `kernels.kernelize`: a training
     # forward given labels then takes the loss from the decoder's last hidden states chunk by chunk, and no
     # (tokens x vocab) logits exist (`logits` is None; evaluation computes them).
     fused_head_loss = None
