@@ -11,6 +11,7 @@ import time
 
 import torch
 from bench_training import build_fat5, build_upstream
+from profile_training import kernel_time_us
 
 
 def build_fat5_sdpa():
@@ -37,7 +38,7 @@ def profile_model(name, model, input_ids, new_tokens, rows):
             model.generate(input_ids, **kwargs)
             torch.cuda.synchronize()
     events = profiler.key_averages()
-    kernel_us = sum(event.self_device_time_total for event in events if event.device_type.name == "CUDA")
+    kernel_us = kernel_time_us(events)
     syncs = {event.key: event.count for event in events if event.key in SYNC_EVENTS}
     print(
         f"\n{name}: {wall_ms:.2f} ms wall per token (unprofiled), {kernel_us / 1e3 / new_tokens:.2f} ms of kernels "

@@ -16,6 +16,11 @@ import torch
 from bench_training import VARIANTS, training_step
 
 
+def kernel_time_us(events) -> float:
+    """Total GPU kernel time of a profile's `key_averages()`, in microseconds."""
+    return sum(event.self_device_time_total for event in events if event.device_type == torch.autograd.DeviceType.CUDA)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=1024)
@@ -49,8 +54,7 @@ def main():
         torch.cuda.set_sync_debug_mode("default")
         torch.cuda.synchronize()
     events = profiler.key_averages()
-    kernels = [event for event in events if event.device_type == torch.autograd.DeviceType.CUDA]
-    gpu_ms = sum(event.self_device_time_total for event in kernels) / 1e3 / args.steps
+    gpu_ms = kernel_time_us(events) / 1e3 / args.steps
     print(f"{args.model} L={args.length}: {wall_ms:.1f} ms wall a step, {gpu_ms:.1f} ms of GPU kernels a step")
     sort_by = "self_cpu_time_total" if args.cpu else "self_cuda_time_total"
     print(f"{args.model} L={args.length}: top {sort_by} over {args.steps} steps")
