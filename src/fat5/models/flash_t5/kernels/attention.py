@@ -131,7 +131,7 @@ def _scores(
 
     A FAST tile lies inside both sequences and wholly on one side of the causal diagonal, and for the T5 bias wholly
     beyond max_distance, where its bias is a single value: no bounds, causal or relative position arithmetic per
-    score. `relative_bias` is the T5 bias (log2 domain): that value, or the tile's from `_relative_bias_tile`.
+    score. `relative_bias` is the T5 bias (log2 domain): that value, or the tile's from `_near_bias_tile`.
     """
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if BIAS_KIND == 1:
@@ -180,12 +180,13 @@ def _far_biases(bias_tiles, head, num_bias_tiles, BLOCK_M: tl.constexpr, BLOCK_N
 
 
 @triton.jit
-def _relative_bias_tile(
+def _near_bias_tile(
     bias_tiles, head, num_bias_tiles, bias_tile_lo, start_m, start_n, query_offset, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr,
 ):  # fmt: skip
-    """The T5 bias of the tile at (start_m, start_n): the precomputed Toeplitz tile of its corner offset, one contiguous
-    block load. Corners beyond the precomputed ones clamp to the first or last tile, wholly beyond max_distance."""
+    """The T5 bias of the tile at (start_m, start_n): the precomputed Toeplitz tile of its corner offset, one
+    contiguous block load. Corners beyond the precomputed ones clamp to the first or last tile, wholly beyond
+    max_distance."""
     corner = start_n - start_m - query_offset
     tile = tl.minimum(tl.maximum((corner - bias_tile_lo) // TILE_STEP, 0), num_bias_tiles - 1)
     tile_ptrs = (
@@ -198,7 +199,7 @@ def _relative_bias_tile(
 
 
 @triton.jit
-def _tile_relative_bias(
+def _bias_of_tile(
     bias_tiles, head, num_bias_tiles, bias_tile_lo, start_m, start_n, query_offset, far_bias, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr, FAST: tl.constexpr, BIAS_KIND: tl.constexpr,
 ):  # fmt: skip
@@ -206,7 +207,7 @@ def _tile_relative_bias(
     bias = far_bias
     if BIAS_KIND == 1:
         if not FAST:
-            bias = _relative_bias_tile(
+            bias = _near_bias_tile(
                 bias_tiles, head, num_bias_tiles, bias_tile_lo, start_m, start_n, query_offset, BLOCK_M, BLOCK_N,
                 TILE_STEP,
             )  # fmt: skip
@@ -287,7 +288,7 @@ def _forward_range(
     PRECISION: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
-    next_bias = _tile_relative_bias(
+    next_bias = _bias_of_tile(
         BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, lo, query_offset, far_bias, BLOCK_M, BLOCK_N,
         TILE_STEP, FAST, BIAS_KIND,
     )  # fmt: skip
@@ -296,7 +297,7 @@ def _forward_range(
         if BIAS_KIND == 1:
             if not FAST:
                 # A tile ahead, so that the load's latency hides behind this tile's products (a clamped read past hi).
-                next_bias = _relative_bias_tile(
+                next_bias = _near_bias_tile(
                     BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n + BLOCK_N, query_offset, BLOCK_M,
                     BLOCK_N, TILE_STEP,
                 )  # fmt: skip
@@ -503,7 +504,7 @@ def _backward_kv_range(
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_m in range(lo, hi, BLOCK_M):
-        relative_bias = _tile_relative_bias(
+        relative_bias = _bias_of_tile(
             BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n, query_offset, far_bias, BLOCK_M, BLOCK_N,
             TILE_STEP, FAST, BIAS_KIND,
         )  # fmt: skip
@@ -713,7 +714,7 @@ def _backward_q_range(
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         # Loaded in turn, not a tile ahead as in the forward: ahead, the backward measured slower at N = 1024.
-        relative_bias = _tile_relative_bias(
+        relative_bias = _bias_of_tile(
             BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n, query_offset, far_bias, BLOCK_M, BLOCK_N,
             TILE_STEP, FAST, BIAS_KIND,
         )  # fmt: skip
