@@ -607,6 +607,9 @@ def run(args) -> dict:
         train_result = trainer.train()
         timings["train_s"] = time.perf_counter() - t
         results["train_loss"] = train_result.training_loss
+        # (step, loss) as logged every `logging_steps`: what runs on different numbers of processes compare.
+        results["loss_curve"] = [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e]
+        results["train_samples_per_second"] = train_result.metrics["train_samples_per_second"]
         results["after"], predictions, timings["eval_after_s"] = evaluate()
 
         # Every process takes part in saving (FSDP gathers the full state dict); the main process writes.

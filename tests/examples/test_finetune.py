@@ -3,6 +3,7 @@
 minute on 2 CPU cores."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -34,6 +35,10 @@ def test_every_head_trains_saves_and_reloads(head, tiny_checkpoint, tmp_path):
 
     results = json.loads((out / "results.json").read_text())
     assert set(results["before"]) == set(results["after"]) and results["after"]
+    # --max-steps 4 logs every step.
+    assert [step for step, _ in results["loss_curve"]] == [1, 2, 3, 4]
+    assert all(math.isfinite(loss) and loss > 0 for _, loss in results["loss_curve"])
+    assert results["train_samples_per_second"] > 0
     assert results["reload"]["max_abs_diff"] == 0.0
     expected_class = {
         "qa": "FlashT5ForQuestionAnswering",
@@ -229,6 +234,7 @@ def test_accelerate_launch(num_processes, tiny_checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["num_processes"] == num_processes, "accelerate did not start the processes asked for"
+    assert [step for step, _ in results["loss_curve"]] == [1, 2, 3, 4]
     assert results["distributed"] == ("MULTI_CPU" if num_processes > 1 else "NO")
     assert results["reload"]["max_abs_diff"] == 0.0
     assert set(results["saved_files"]) == EXPECTED_FILES
