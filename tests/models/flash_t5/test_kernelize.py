@@ -34,6 +34,14 @@ def tiny_model(seed=0):
     return FlashT5ForConditionalGeneration(config).to(DEVICE).double()
 
 
+def token_batch(seed):
+    """Encoder inputs (2, 11) and decoder labels (2, 7) drawn from the tiny vocabulary."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(2, 50, (2, 11), generator=generator).to(DEVICE)
+    labels = torch.randint(2, 50, (2, 7), generator=generator).to(DEVICE)
+    return input_ids, labels
+
+
 def loss_and_grads(model, input_ids, labels):
     loss = model(input_ids=input_ids, labels=labels).loss
     return loss, torch.autograd.grad(loss, list(model.parameters()))
@@ -49,9 +57,7 @@ def test_kernelized_model_matches_eager_model():
     reference = tiny_model()
     eager = tiny_model().float()
     fused = fat5.kernelize(tiny_model().float())
-    generator = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(2, 50, (2, 11), generator=generator).to(DEVICE)
-    labels = torch.randint(2, 50, (2, 7), generator=generator).to(DEVICE)
+    input_ids, labels = token_batch(1)
     labels[1, 5:] = -100
 
     norms = [m for m in fused.modules() if isinstance(m, FusedT5RMSNorm)]
@@ -71,9 +77,7 @@ def test_training_loss_makes_no_logits_but_evaluation_does():
     """In training, given labels, the kernelized model's loss comes from the LM head fused into the loss: no logits.
     In evaluation it computes the logits (those of the model before kernelize) and the loss on them."""
     model = tiny_model().float()
-    generator = torch.Generator().manual_seed(3)
-    input_ids = torch.randint(2, 50, (2, 11), generator=generator).to(DEVICE)
-    labels = torch.randint(2, 50, (2, 7), generator=generator).to(DEVICE)
+    input_ids, labels = token_batch(3)
     with torch.no_grad():
         expected = model(input_ids=input_ids, labels=labels)
         fat5.kernelize(model)
@@ -90,9 +94,7 @@ def test_kernelized_model_compiles_whole():
     which launches the kernels of the norm and loss ops itself (they are triton_ops there), under the CPU interpreter
     through AOT autograd (the ops are opaque there)."""
     model = fat5.kernelize(tiny_model().float())
-    generator = torch.Generator().manual_seed(2)
-    input_ids = torch.randint(2, 50, (2, 11), generator=generator).to(DEVICE)
-    labels = torch.randint(2, 50, (2, 7), generator=generator).to(DEVICE)
+    input_ids, labels = token_batch(2)
     expected_loss, expected_grads = loss_and_grads(model, input_ids, labels)
     compiled = torch.compile(model, fullgraph=True, backend="inductor" if DEVICE == "cuda" else "aot_eager")
     loss, grads = loss_and_grads(compiled, input_ids, labels)
