@@ -334,6 +334,50 @@ def test_token_classification_and_question_answering_losses():
     torch.testing.assert_close(output.loss, (start_loss + end_loss) / 2)
 
 
+def labels_for(head, batch):
+    """Labels of every head that takes `labels`, with some rows labelling fewer items than others (-100)."""
+    generator = torch.Generator().manual_seed(4)
+    if head == "seq2seq":
+        labels = torch.randint(2, VOCAB, (batch, 5), generator=generator)
+        labels[0, 2:] = -100
+        labels[3, 4:] = -100
+    elif head == "token-cls":
+        labels = torch.randint(0, 3, (batch, 9), generator=generator)
+        labels[1, :6] = -100
+    elif head == "regression":
+        labels = torch.randn(batch, generator=generator)
+    elif head == "single-label":
+        labels = torch.randint(0, 3, (batch,), generator=generator)
+    else:
+        labels = torch.randint(0, 2, (batch, 3), generator=generator).float()
+    return labels
+
+
+@pytest.mark.parametrize("head", ["seq2seq", "token-cls", "regression", "single-label", "multi-label"])
+def test_losses_given_num_items_in_batch_add_up_to_the_whole_batch_loss(head):
+    """Trainer splits a batch over devices (or accumulation steps) and passes each part the count of labelled items
+    of the whole: the parts' losses then add up to the loss of the whole batch, so are their gradients."""
+    torch.manual_seed(0)
+    if head == "seq2seq":
+        model = FlashT5ForConditionalGeneration(tiny_config(z_loss=1e-3, label_smoothing=0.1))
+    elif head == "token-cls":
+        model = FlashT5ForTokenClassification(tiny_config())
+    else:
+        model = FlashT5ForSequenceClassification(tiny_config(num_labels=1 if head == "regression" else 3))
+    model.eval()
+    input_ids, labels = token_ids(batch=4), labels_for(head, batch=4)
+    whole = model(input_ids=input_ids, labels=labels).loss
+    num_items = labels.ne(-100).sum()
+    parts = [
+        model(input_ids=input_ids[rows], labels=labels[rows], num_items_in_batch=num_items).loss
+        for rows in (slice(0, 1), slice(1, 4))
+    ]
+    torch.testing.assert_close(parts[0] + parts[1], whole)
+    # Without the count, each part is the mean over its own items, as before.
+    own_mean = parts[0] * num_items / labels[:1].ne(-100).sum()
+    torch.testing.assert_close(model(input_ids=input_ids[:1], labels=labels[:1]).loss, own_mean)
+
+
 def test_encoder_heads_take_a_seq2seq_checkpoint(tmp_path):
     torch.manual_seed(0)
     seq2seq = FlashT5ForConditionalGeneration(tiny_config()).eval()

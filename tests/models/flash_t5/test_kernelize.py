@@ -89,6 +89,22 @@ def test_training_loss_makes_no_logits_but_evaluation_does():
     torch.testing.assert_close(evaluation.loss, expected.loss, rtol=1e-5, atol=1e-6)
 
 
+def test_fused_training_loss_takes_num_items_in_batch():
+    """Given Trainer's count of the labelled tokens of the whole batch, the fused loss of each part is its share: the
+    parts add up to the whole batch's loss."""
+    model = fat5.kernelize(tiny_model().float())
+    input_ids, labels = token_batch(4)
+    labels[0, 3:] = -100
+    num_items = labels.ne(-100).sum()
+    with torch.no_grad():
+        whole = model(input_ids=input_ids, labels=labels).loss
+        parts = [
+            model(input_ids=input_ids[row], labels=labels[row], num_items_in_batch=num_items).loss
+            for row in ([0], [1])
+        ]
+    torch.testing.assert_close(parts[0] + parts[1], whole, rtol=1e-5, atol=1e-6)
+
+
 def test_kernelized_model_compiles_whole():
     """torch.compile(fullgraph=True) of a kernelized model gives its eager loss and gradients: on a GPU through Inductor,
     which launches the kernels of the norm and loss ops itself (they are triton_ops there), under the CPU interpreter

@@ -773,6 +773,15 @@ def as_encoder_output(encoder_outputs) -> ModelOutput:
     )
 
 
+def share_of_batch_loss(loss: torch.Tensor, labels: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+    """`loss`, a mean over this batch's labelled items (labels other than -100), as its share of a mean over
+    `num_items_in_batch` items. Trainer passes that count taken over every device and gradient-accumulation step, so
+    the gradients it sums are those of one mean over the global batch, as on a single device."""
+    if num_items_in_batch is None:
+        return loss
+    return loss * labels.ne(-100).sum().to(loss.device) / num_items_in_batch
+
+
 @auto_docstring
 class FlashT5Model(FlashT5PreTrainedModel):
     _shared_embedding_keys = {
@@ -943,6 +952,7 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         >>> generated.shape[0]
         1
         ```"""
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
@@ -975,6 +985,8 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         else:
             lm_logits = self.lm_head(sequence_output)
             loss = self.lm_loss(lm_logits, labels) if labels is not None else None
+        if loss is not None:
+            loss = share_of_batch_loss(loss, labels, num_items_in_batch)
         return Seq2SeqLMOutput(
             loss=loss,
             logits=lm_logits,
@@ -1062,6 +1074,7 @@ class FlashT5ForSequenceClassification(FlashT5EncoderModel):
             config.num_labels - 1]`. If `config.num_labels == 1` a regression loss is computed (Mean-Square loss), If
             `config.num_labels > 1` a classification loss is computed (Cross-Entropy).
         """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.encode(input_ids, attention_mask, inputs_embeds, **kwargs)
         sequence_output = outputs.last_hidden_state
 
@@ -1095,11 +1108,12 @@ class FlashT5ForSequenceClassification(FlashT5EncoderModel):
                 else:
                     self.config.problem_type = "multi_label_classification"
             if self.config.problem_type == "regression":
-                loss = MSELoss()(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype))
+                loss = MSELoss()(logits.view(-1), labels.view(-1).to(logits.dtype))
             elif self.config.problem_type == "single_label_classification":
                 loss = CrossEntropyLoss()(logits.view(-1, self.config.num_labels), labels.view(-1))
             else:
                 loss = BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+            loss = share_of_batch_loss(loss, labels, num_items_in_batch)
 
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
@@ -1134,11 +1148,13 @@ class FlashT5ForTokenClassification(FlashT5EncoderModel):
             Labels for computing the token classification loss. Indices should be in `[0, ..., config.num_labels - 1]`;
             -100 marks tokens the loss ignores.
         """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.encode(input_ids, attention_mask, inputs_embeds, **kwargs)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
             loss = CrossEntropyLoss()(logits.view(-1, self.config.num_labels), labels.to(logits.device).view(-1))
+            loss = share_of_batch_loss(loss, labels, num_items_in_batch)
         return TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
