@@ -174,6 +174,11 @@ def measure(fn, q, k, v, table, grad_out, backward, cuda_graphs=False):
 SWEEP_CANDIDATES = {
     "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 4)],
     "backward_kv": [
+        (32, 64, 4, 4, True),
+        (32, 64, 4, 3, True),
+        (64, 64, 4, 3, True),
+        (32, 128, 4, 3, True),
+        (64, 128, 8, 3, True),
         (32, 128, 4, 3),
         (32, 128, 8, 3),
         (32, 128, 8, 2),

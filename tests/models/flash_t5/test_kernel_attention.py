@@ -5,6 +5,7 @@ Runs on CPU through Triton's interpreter (set below when there is no CUDA), on t
 sizes in bf16.
 """
 
+import dataclasses
 import os
 
 import pytest
@@ -94,6 +95,19 @@ def run_both(kernel_kwargs, reference_kwargs, q, k, v, scale, bias_leaf=None, re
     return [out, *kernel_grads], [expected, *expected_grads]
 
 
+@pytest.fixture(params=[False, True], ids=["fast-tiles-query-rows", "fast-tiles-key-rows"])
+def kv_layout(request, monkeypatch):
+    """Both layouts of the key/value-gradient kernel's fast tiles (which one a GPU takes is a tuned choice)."""
+    configs = A.kernel_configs
+
+    def with_layout(head_dim, dtype):
+        chosen = configs(head_dim, dtype)
+        chosen["backward_kv"] = dataclasses.replace(chosen["backward_kv"], fast_keys_by_row=request.param)
+        return chosen
+
+    monkeypatch.setattr(A, "kernel_configs", with_layout)
+
+
 @pytest.mark.parametrize(
     "seq_m,seq_n,bidirectional,lengths",
     [
@@ -106,7 +120,7 @@ def run_both(kernel_kwargs, reference_kwargs, q, k, v, scale, bias_leaf=None, re
     ],
     ids=["encoder", "encoder-padded", "decoder-padded", "decoder-cached-keys", "encoder-far-tiles"],
 )
-def test_t5_relative_bias(poison, seq_m, seq_n, bidirectional, lengths):
+def test_t5_relative_bias(poison, kv_layout, seq_m, seq_n, bidirectional, lengths):
     num_buckets, max_distance, heads = 8, 12, 3
     q, k, v = inputs(2, heads, seq_m, seq_n, 32, torch.float32)
     table = torch.randn(num_buckets, heads, device=DEVICE).requires_grad_()
@@ -131,7 +145,7 @@ def test_t5_relative_bias(poison, seq_m, seq_n, bidirectional, lengths):
 
 
 @pytest.mark.parametrize("asymmetric", [False, True], ids=["symmetric", "asymmetric"])
-def test_alibi(poison, asymmetric):
+def test_alibi(poison, kv_layout, asymmetric):
     heads, seq = 4, 35
     q, k, v = inputs(2, heads, seq, seq, 16, torch.float32, seed=1)
     slopes = torch.tensor(alibi_slopes(heads // 2 if asymmetric else heads), device=DEVICE)
@@ -148,7 +162,7 @@ def test_alibi(poison, asymmetric):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["encoder", "decoder"])
-def test_dense_bias_and_its_gradient(poison, causal):
+def test_dense_bias_and_its_gradient(poison, kv_layout, causal):
     heads, seq = 2, 33
     q, k, v = inputs(2, heads, seq, seq, 24, torch.float32, seed=2)
     bias = torch.randn(1, heads, seq, seq, device=DEVICE).requires_grad_()

@@ -61,6 +61,8 @@ class KernelConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    # Key/value-gradient kernel only: compute the tiles beyond max_distance keys by row.
+    fast_keys_by_row: bool = False
 
 
 def kernel_configs(head_dim: int, dtype: torch.dtype) -> dict[str, KernelConfig]:
@@ -80,7 +82,8 @@ def kernel_configs(head_dim: int, dtype: torch.dtype) -> dict[str, KernelConfig]
 
 
 # Chosen with benchmarks/bench_attention.py --sweep (bf16, B*N = 32768, H = 12, N = 4096) on an H100; the wide
-# key/value-gradient tiles on an H200 (64 x 64 took 10.3 ms a forward+backward, 32 x 64 11.1 ms).
+# key/value-gradient tiles on an H200 (32 x 64 with fast tiles keys by row took 8.9 ms a forward+backward, 64 x 64
+# query by row 10.3 ms).
 TUNED_CONFIGS = {
     "narrow": {
         "forward": KernelConfig(64, 64, 4, 3),
@@ -89,7 +92,7 @@ TUNED_CONFIGS = {
     },
     "wide": {
         "forward": KernelConfig(128, 64, 8, 3),
-        "backward_kv": KernelConfig(64, 64, 4, 3),
+        "backward_kv": KernelConfig(32, 64, 4, 3, fast_keys_by_row=True),
         "backward_q": KernelConfig(128, 64, 8, 3),
     },
 }
@@ -126,18 +129,27 @@ def _scores(
     CAUSAL: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
+    KEYS_BY_ROW: tl.constexpr,
 ):
-    """The tile's scores in the log2 domain (natural-log scores times log2(e)), masked keys at -inf.
+    """The tile's scores in the log2 domain (natural-log scores times log2(e)), masked keys at -inf: (query x key), or
+    (key x query) with KEYS_BY_ROW.
 
     A FAST tile lies inside both sequences and wholly on one side of the causal diagonal, and for the T5 bias wholly
     beyond max_distance, where its bias is a single value: no bounds, causal or relative position arithmetic per
     score. `relative_bias` is the T5 bias (log2 domain): that value, or the tile's from `_near_bias_tile`.
     """
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    if KEYS_BY_ROW:
+        query_index = offs_m[None, :]
+        key_index = offs_n[:, None]
+        s = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+    else:
+        query_index = offs_m[:, None]
+        key_index = offs_n[None, :]
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     if BIAS_KIND == 1:
         s += relative_bias.to(tl.float32)
     if BIAS_KIND == 2:
-        relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
+        relative = key_index - (query_index + query_offset)
         slope = tl.load(bias_ptr + head)
         s -= slope * tl.abs(relative).to(tl.float32) * 1.4426950408889634
     if BIAS_KIND == 3:
@@ -145,28 +157,28 @@ def _scores(
             bias_ptr
             + batch * stride_bias_b
             + head * stride_bias_h
-            + offs_m[:, None] * stride_bias_m
-            + offs_n[None, :] * stride_bias_n
+            + query_index * stride_bias_m
+            + key_index * stride_bias_n
         )
         # A fast tile's keys lie inside the sequence, but the query rows of the last tile may run past seq_m.
-        bias_mask = offs_m[:, None] < seq_m
+        bias_mask = query_index < seq_m
         if not FAST:
-            bias_mask = bias_mask & (offs_n[None, :] < seq_n)
+            bias_mask = bias_mask & (key_index < seq_n)
         bias = tl.load(bias_ptrs, mask=bias_mask, other=0.0)
         s += bias.to(tl.float32) * 1.4426950408889634
     if not FAST:
-        relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
-        valid = offs_n[None, :] < seq_n
+        relative = key_index - (query_index + query_offset)
+        valid = key_index < seq_n
         if CAUSAL:
             valid = valid & (relative <= 0)
         s = tl.where(valid, s, float("-inf"))
     if ALIBI_ASYMMETRIC:
-        relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
+        relative = key_index - (query_index + query_offset)
         backwards_only = head < num_heads // 2
         s = tl.where(tl.where(backwards_only, relative <= 0, relative >= 0), s, float("-inf"))
     if HAS_KEY_MASK:
-        keep = tl.load(key_mask_ptr + batch * stride_mask_b + offs_n, mask=offs_n < seq_n, other=0)
-        s = tl.where((keep != 0)[None, :], s, float("-inf"))
+        keep = tl.load(key_mask_ptr + batch * stride_mask_b + offs_n, mask=offs_n < seq_n, other=0) != 0
+        s = tl.where(keep[:, None] if KEYS_BY_ROW else keep[None, :], s, float("-inf"))
     return s
 
 
@@ -273,7 +285,7 @@ def _key_tile(
     s = _scores(
         q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset, relative_bias,
         KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, seq_m, BLOCK_M,
-        BLOCK_N, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        BLOCK_N, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION, False,
     )  # fmt: skip
     return k, v, s
 
@@ -498,7 +510,7 @@ def _backward_kv_range(
     LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, DBIAS,
     stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles,
     bias_tile_lo, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr,
-    BLOCK_DIAGONALS: tl.constexpr,
+    BLOCK_DIAGONALS: tl.constexpr, FAST_KEYS_BY_ROW: tl.constexpr,
     FAST: tl.constexpr, FAR_AFTER: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr,
     ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -525,23 +537,33 @@ def _backward_kv_range(
             q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
             relative_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
             seq_m, BLOCK_M, BLOCK_N, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+            FAST_KEYS_BY_ROW if FAST else False,
         )  # fmt: skip
-        p = tl.exp2(s - lse[:, None])
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        # Gradient of the natural-domain scores (scale * q.k + bias): also the gradient of the bias.
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+        if FAST_KEYS_BY_ROW if FAST else False:
+            # Keys by row, the layout of Triton's fused-attention tutorial: the probabilities and score gradients
+            # come out of their products as the dK and dV products take them, with no transpose of a register tile.
+            p = tl.exp2(s - lse[None, :])
+            dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
+            dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+            ds = p * (dp - delta[None, :])
+            dk += tl.dot(ds.to(q.dtype), q, input_precision=PRECISION)
+            query_index = offs_m[None, :]
+            key_index = offs_n[:, None]
+        else:
+            p = tl.exp2(s - lse[:, None])
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            # Gradient of the natural-domain scores (scale * q.k + bias): also the gradient of the bias.
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+            query_index = offs_m[:, None]
+            key_index = offs_n[None, :]
         if BIAS_GRAD:
             if BIAS_KIND == 3:
                 dbias_ptrs = (
-                    DBIAS
-                    + batch * stride_dbias_b
-                    + head * stride_dbias_h
-                    + offs_m[:, None] * stride_dbias_m
-                    + offs_n[None, :]
+                    DBIAS + batch * stride_dbias_b + head * stride_dbias_h + query_index * stride_dbias_m + key_index
                 )
-                tl.store(dbias_ptrs, ds.to(DBIAS.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < seq_n))
+                tl.store(dbias_ptrs, ds.to(DBIAS.dtype.element_ty), mask=(query_index < seq_m) & (key_index < seq_n))
             if BIAS_KIND == 1:
                 if FAST:
                     if FAR_AFTER:
@@ -567,8 +589,11 @@ def _backward_kv_range(
                     relative = start_n - start_m - query_offset - (BLOCK_M - 1) + diagonals
                     in_range = diagonals < BLOCK_M + BLOCK_N - 1
                     tile_relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
-                    far_after += tl.sum(tl.where(tile_relative >= max_distance, ds, 0.0), 1)
-                    far_before += tl.sum(tl.where(tile_relative <= -max_distance, ds, 0.0), 1)
+                    # Per key with fast tiles keys by row (the sums' shape), else per query.
+                    far_after += tl.sum(tl.where(tile_relative >= max_distance, ds, 0.0), 0 if FAST_KEYS_BY_ROW else 1)
+                    far_before += tl.sum(
+                        tl.where(tile_relative <= -max_distance, ds, 0.0), 0 if FAST_KEYS_BY_ROW else 1
+                    )
                     near = in_range & (relative > -max_distance) & (relative < max_distance)
                     tl.atomic_add(relative_grad_row + relative + max_distance, diagonal_sums, mask=near)
     return dk, dv, far_before, far_after
@@ -630,6 +655,7 @@ def _backward_kv_kernel(
     BLOCK_N: tl.constexpr,
     TILE_STEP: tl.constexpr,
     BLOCK_DIAGONALS: tl.constexpr,
+    FAST_KEYS_BY_ROW: tl.constexpr,
     BIAS_KIND: tl.constexpr,
     BIAS_GRAD: tl.constexpr,
     ALIBI_ASYMMETRIC: tl.constexpr,
@@ -662,10 +688,10 @@ def _backward_kv_kernel(
     relative_width = 2 * max_distance + 1
     # This program's own row of relative-position gradient sums: no other program writes it.
     relative_grad_row = SCRATCH + (batch_head * tl.num_programs(0) + block_n) * relative_width
-    # Score-gradient sums beyond max_distance, per row of the query tile: summing within rows is cheap (no exchange
-    # between warps); the rows are summed once, at the end.
-    far_before = tl.zeros([BLOCK_M], dtype=tl.float32)
-    far_after = tl.zeros([BLOCK_M], dtype=tl.float32)
+    # Score-gradient sums beyond max_distance, per row of the tile (a query, or a key with FAST_KEYS_BY_ROW): summing
+    # within rows is cheap (no exchange between warps); the rows are summed once, at the end.
+    far_before = tl.zeros([BLOCK_N if FAST_KEYS_BY_ROW else BLOCK_M], dtype=tl.float32)
+    far_after = tl.zeros([BLOCK_N if FAST_KEYS_BY_ROW else BLOCK_M], dtype=tl.float32)
     # Per-program tile buffer through which a tile's diagonals are read (the relative-position sums).
     tile_buffer = SCRATCH + tl.num_programs(0) * tl.num_programs(1) * relative_width
     tile_buffer += (batch_head * tl.num_programs(0) + block_n) * BLOCK_M * BLOCK_N
@@ -687,7 +713,7 @@ def _backward_kv_kernel(
             seq_n, stride_qm, stride_dom, qk_scale, query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b,
             BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h,
             stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM,
-            BLOCK_M, BLOCK_N, TILE_STEP, BLOCK_DIAGONALS, segment % 2 == 0, segment == 0, BIAS_KIND, BIAS_GRAD,
+            BLOCK_M, BLOCK_N, TILE_STEP, BLOCK_DIAGONALS, FAST_KEYS_BY_ROW, segment % 2 == 0, segment == 0, BIAS_KIND, BIAS_GRAD,
             ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
 
@@ -1004,7 +1030,8 @@ def _backward(
         key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind), *dbias_strides,
         heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=tile_step,
-        BLOCK_DIAGONALS=triton.next_power_of_2(config.block_m + config.block_n), BIAS_GRAD=bias_grad, **common,
+        BLOCK_DIAGONALS=triton.next_power_of_2(config.block_m + config.block_n), BIAS_GRAD=bias_grad,
+        FAST_KEYS_BY_ROW=config.fast_keys_by_row, **common,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
 
