@@ -72,6 +72,49 @@ def test_training_step_matches_sdpa(encoding):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5, msg=name)
 
 
+@pytest.fixture
+def one_process_group():
+    """A process group of one rank, enough for FSDP2 to shard, gather and free every layer's parameters."""
+    torch.distributed.init_process_group(
+        "nccl" if DEVICE == "cuda" else "gloo", store=torch.distributed.HashStore(), rank=0, world_size=1
+    )
+    yield
+    torch.distributed.destroy_process_group()
+
+
+FIRE_SCALARS = pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="fully_shard refuses 0-dimensional parameters, and FIRE's distance scale and threshold multiplier are "
+    "scalars, as in the reference checkpoints",
+)
+
+
+@pytest.mark.parametrize(
+    "encoding", [pytest.param(name, marks=FIRE_SCALARS) if name == "fire" else name for name in POSITION_ENCODINGS]
+)
+def test_fsdp2_training_step_matches_sdpa(one_process_group, encoding):
+    """Each FlashT5Block sharded as its own FSDP2 unit, as `examples/accelerate/fsdp.yaml` wraps them: FSDP frees a
+    layer's gathered parameters after its forward, and the later layers still take the stack's position bias."""
+    from torch.distributed.fsdp import fully_shard
+
+    from fat5.models.flash_t5.modeling_flash_t5 import FlashT5Block
+
+    reference, kernel = model_pair(**POSITION_ENCODINGS[encoding])
+    for module in kernel.modules():
+        if isinstance(module, FlashT5Block):
+            fully_shard(module)
+    fully_shard(kernel)
+    inputs = batch()
+    expected = reference(**inputs)
+    actual = kernel(**inputs)
+    torch.testing.assert_close(actual.loss, expected.loss, rtol=1e-4, atol=1e-4)
+    expected.loss.backward()
+    actual.loss.backward()
+    for (name, got), want in zip(kernel.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad.full_tensor(), want.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
 @pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
 @pytest.mark.parametrize("encoding", ["t5", "alibi"])
 def test_generate_with_cache_matches_sdpa(encoding, cache_implementation):

@@ -266,7 +266,9 @@ class FlashT5Attention(nn.Module):
         """
         if self.position_encoding_type == "t5":
             if in_kernel:
-                return self.relative_attention_bias.weight
+                # A copy, not the parameter: the later layers read it after this layer's forward, when FSDP has
+                # freed the parameters it gathered for this layer.
+                return self.relative_attention_bias.weight.clone()
             query_position = torch.arange(query_length, dtype=torch.long, device=device)[:, None] + past_seen_tokens
             key_position = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
             buckets = relative_position_bucket(
