@@ -484,6 +484,13 @@ def check_reload(head, model, folder, task, workdir, generation_kwargs) -> dict:
 # -------------------------------------------------------------------------------------------------------- main
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="finetune.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -502,8 +509,14 @@ def build_parser():
     parser.add_argument("--eval-file", help="held-out data, JSON lines (default: the shipped data of the head)")
     parser.add_argument("--output-dir", required=True, help="where model/ and results.json go (must not exist)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output-dir if it exists")
-    parser.add_argument("--max-steps", type=int, default=300, help="optimizer steps (default: 300)")
-    parser.add_argument("--batch-size", type=int, default=32, help="per-device batch size (default: 32)")
+    parser.add_argument("--max-steps", type=positive_int, default=300, help="optimizer steps (default: 300)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="per-device batch size (default: 32)")
+    parser.add_argument(
+        "--gradient-accumulation-steps",
+        type=positive_int,
+        default=1,
+        help="batches summed into each optimizer step: the global batch is batch size x processes x this (default: 1)",
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up (default: 5%% of the steps)")
     parser.add_argument("--max-length", type=int, default=256, help="max input tokens (default: 256)")
@@ -548,6 +561,7 @@ def run(args) -> dict:
             "output_dir": str(workdir / "trainer"),
             "max_steps": args.max_steps,
             "per_device_train_batch_size": args.batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "per_device_eval_batch_size": 2 * args.batch_size,
             "learning_rate": args.learning_rate,
             "lr_scheduler_type": "linear",

@@ -143,6 +143,24 @@ def test_existing_output_dir_is_kept_without_overwrite(tiny_checkpoint, tmp_path
     assert os.listdir(out) == ["keep.txt"]
 
 
+def test_gradient_accumulation_matches_one_batch_of_the_same_size(tiny_checkpoint, tmp_path):
+    """Two accumulated batches of 4 are one optimizer step over the 8 examples of one batch of 8: the same first-step
+    loss (each batch's loss is its share of the mean over both, through Trainer's token count)."""
+    common = ["--head", "seq2seq", "--model", str(tiny_checkpoint)]
+    finetune.main([*common, "--output-dir", str(tmp_path / "one"), *TINY])
+    accumulated = ["--batch-size", "4", "--gradient-accumulation-steps", "2"]
+    finetune.main([*common, "--output-dir", str(tmp_path / "accumulated"), *TINY, *accumulated])
+    one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "accumulated"))
+    assert two["loss_curve"][0][1] == pytest.approx(one["loss_curve"][0][1], rel=1e-4)
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--max-steps", "--gradient-accumulation-steps"])
+def test_counts_must_be_positive(flag, capsys):
+    with pytest.raises(SystemExit):
+        finetune.build_parser().parse_args(["--head", "qa", "--model", "m", "--output-dir", "o", flag, "0"])
+    assert f"argument {flag}: must be a positive integer, got 0" in capsys.readouterr().err
+
+
 def test_help_explains_the_flags():
     result = subprocess.run(
         [sys.executable, str(finetune.EXAMPLES_DIR / "finetune.py"), "--help"],
