@@ -643,6 +643,7 @@ def run(args) -> dict:
         results["timings"] = timings
         results["device"] = str(trainer.args.device)
         results["num_processes"] = trainer.args.world_size
+        results["global_batch_size"] = trainer.args.world_size * args.batch_size * args.gradient_accumulation_steps
         results["distributed"] = trainer.accelerator.distributed_type.value
         results["attn_implementation"] = trainer.model.config._attn_implementation
         (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

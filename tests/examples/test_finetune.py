@@ -151,6 +151,7 @@ def test_gradient_accumulation_matches_one_batch_of_the_same_size(tiny_checkpoin
     accumulated = ["--batch-size", "4", "--gradient-accumulation-steps", "2"]
     finetune.main([*common, "--output-dir", str(tmp_path / "accumulated"), *TINY, *accumulated])
     one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "accumulated"))
+    assert one["global_batch_size"] == two["global_batch_size"] == 8
     assert two["loss_curve"][0][1] == pytest.approx(one["loss_curve"][0][1], rel=1e-4)
 
 
@@ -257,6 +258,7 @@ def test_accelerate_launch_matches_one_process_at_the_same_global_batch(tiny_che
     assert results["num_processes"] == 2, "accelerate did not start the processes asked for"
     assert results["distributed"] == "MULTI_CPU"
     assert [step for step, _ in results["loss_curve"]] == [1, 2, 3, 4]
+    assert results["global_batch_size"] == single["global_batch_size"] == 8
     assert results["loss_curve"][0][1] == pytest.approx(single["loss_curve"][0][1], rel=1e-4)
     assert results["reload"]["max_abs_diff"] == 0.0
     assert set(results["saved_files"]) == EXPECTED_FILES | {"generation_config.json"}

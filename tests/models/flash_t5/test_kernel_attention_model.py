@@ -16,8 +16,11 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="the fat5 attention needs Triton")
 
+from torch.distributed.fsdp import fully_shard  # noqa: E402
+
 import fat5  # noqa: E402, F401  (registers the fat5 attention implementation)
 from fat5 import FlashT5Config, FlashT5ForConditionalGeneration  # noqa: E402
+from fat5.models.flash_t5.modeling_flash_t5 import FlashT5Block  # noqa: E402
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -96,10 +99,6 @@ FIRE_SCALARS = pytest.mark.xfail(
 def test_fsdp2_training_step_matches_sdpa(one_process_group, encoding):
     """Each FlashT5Block sharded as its own FSDP2 unit, as `examples/accelerate/fsdp.yaml` wraps them: FSDP frees a
     layer's gathered parameters after its forward, and the later layers still take the stack's position bias."""
-    from torch.distributed.fsdp import fully_shard
-
-    from fat5.models.flash_t5.modeling_flash_t5 import FlashT5Block
-
     reference, kernel = model_pair(**POSITION_ENCODINGS[encoding])
     for module in kernel.modules():
         if isinstance(module, FlashT5Block):
