@@ -57,6 +57,7 @@ from transformers import (
     Seq2SeqTrainingArguments,
     Trainer,
     TrainingArguments,
+    set_seed,
 )
 from transformers.utils import logging as transformers_logging
 
@@ -550,6 +551,8 @@ def run(args) -> dict:
     # Check the checkpoint and tokenizer before anything is written.
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     task = Task(head, tokenizer, train_rows, eval_rows, args)
+    # Before loading: the encoder heads start from a fresh, random head, which --seed must make reproducible too.
+    set_seed(args.seed)
     model = load_model(head, args.model, task.model_kwargs())
     if len(tokenizer) > model.config.vocab_size:
         raise UsageError(f"the tokenizer has {len(tokenizer)} tokens, the model only {model.config.vocab_size}")
@@ -574,6 +577,9 @@ def run(args) -> dict:
             "bf16": args.bf16,
             "disable_tqdm": args.quiet,
             "dataloader_num_workers": 0,
+            # Every parameter takes part in each step; Trainer's default for DDP walks the autograd graph every step to
+            # look for unused ones (a head that left one out would fail loudly, not train wrong).
+            "ddp_find_unused_parameters": False,
             # Without a GPU, processes started by `accelerate launch` (torchrun) must join a gloo group on the CPU.
             "use_cpu": not torch.cuda.is_available(),
         }

@@ -235,21 +235,22 @@ def test_push_to_hub_uploads_exactly_what_from_pretrained_needs(tiny_checkpoint,
     )
 
 
-def test_accelerate_launch_matches_one_process_at_the_same_global_batch(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("head", ["qa", "seq-cls", "token-cls", "seq2seq"])
+def test_accelerate_launch_matches_one_process_at_the_same_global_batch(head, tiny_checkpoint, tmp_path):
     """`accelerate launch` on the CPU: two processes (gloo) of 4 examples train as one process of 8 does (the first
-    step's loss is that of the same 8 examples, and Trainer's token count makes it one mean), one save by the main
-    process."""
+    step's loss is that of the same 8 examples, and Trainer's count of labelled items makes it one mean; the same seed
+    gives the encoder heads' fresh head the same init), one save by the main process."""
     accelerate = Path(sys.executable).parent / "accelerate"
     if not accelerate.exists():
         pytest.skip("the accelerate CLI is not installed next to this Python")
-    run_finetune("--head", "seq2seq", "--model", tiny_checkpoint, "--output-dir", tmp_path / "single")
+    run_finetune("--head", head, "--model", tiny_checkpoint, "--output-dir", tmp_path / "single")
     single = json.loads((tmp_path / "single" / "results.json").read_text())
     out = tmp_path / "run"
     # `--multi_gpu` picks accelerate's torchrun launcher; without a GPU the processes form a gloo group on the CPU
     # (`--cpu` would pick the single-process launcher, or mpirun).
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     command += ["--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += [str(finetune.EXAMPLES_DIR / "finetune.py"), "--head", "seq2seq", "--model", str(tiny_checkpoint)]
+    command += [str(finetune.EXAMPLES_DIR / "finetune.py"), "--head", head, "--model", str(tiny_checkpoint)]
     command += ["--output-dir", str(out), *TINY, "--batch-size", "4"]
     env = {**SUBPROCESS_ENV, "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
@@ -259,9 +260,12 @@ def test_accelerate_launch_matches_one_process_at_the_same_global_batch(tiny_che
     assert results["distributed"] == "MULTI_CPU"
     assert [step for step, _ in results["loss_curve"]] == [1, 2, 3, 4]
     assert results["global_batch_size"] == single["global_batch_size"] == 8
-    assert results["loss_curve"][0][1] == pytest.approx(single["loss_curve"][0][1], rel=1e-4)
+    # The span heads' softmax runs over the padded positions too, as transformers' question-answering heads do: two
+    # batches of 4, each padded to its own length, then give a loss within a fraction of a percent of the batch of 8.
+    tolerance = 1e-2 if head == "qa" else 1e-4
+    assert results["loss_curve"][0][1] == pytest.approx(single["loss_curve"][0][1], rel=tolerance)
     assert results["reload"]["max_abs_diff"] == 0.0
-    assert set(results["saved_files"]) == EXPECTED_FILES | {"generation_config.json"}
+    assert set(results["saved_files"]) == EXPECTED_FILES | ({"generation_config.json"} if head == "seq2seq" else set())
     assert not list(tmp_path.glob(".*tmp-*"))
 
 
