@@ -18,7 +18,8 @@ gradient against an fp64 computation on the same bf16 inputs: `fat5` and dense-b
 and SDPA's flash kernel without a bias (the same algorithm: the like-for-like pair). The run fails if `fat5` is off
 by more than a few times the dense-bias route's error, or by more than SDPA's flash kernel's without a bias.
 
-    --sweep [--sweep-kernels backward_kv ...]  first time candidate tiles at N = 4096 and keep the fastest
+    --sweep [--sweep-kernels backward_kv ...] [--sweep-length N]  first time candidate tiles at N (default 4096) and
+        keep the fastest
 """
 
 import argparse
@@ -174,8 +175,17 @@ def measure(fn, q, k, v, table, grad_out, backward, cuda_graphs=False):
 SWEEP_CANDIDATES = {
     "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 4)],
     "backward_kv": [
+        (32, 64, 4, 5, True),
         (32, 64, 4, 4, True),
         (32, 64, 4, 3, True),
+        (32, 128, 4, 5, True),
+        (32, 128, 4, 4, True),
+        (32, 128, 8, 3, True),
+        (32, 128, 8, 2, True),
+        (16, 128, 8, 3, True),
+        (64, 128, 8, 2, True),
+        (32, 64, 8, 3, True),
+        (16, 64, 4, 3, True),
         (64, 64, 4, 3, True),
         (32, 128, 4, 3, True),
         (64, 128, 8, 3, True),
@@ -193,16 +203,26 @@ SWEEP_CANDIDATES = {
         (32, 64, 4, 4),
         (16, 64, 4, 3),
     ],
-    "backward_q": [(128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 64, 8, 2)],
+    "backward_q": [
+        (128, 32, 4, 5),
+        (128, 32, 4, 4),
+        (128, 32, 4, 3),
+        (64, 64, 4, 3),
+        (128, 64, 8, 4),
+        (128, 64, 8, 3),
+        (64, 32, 4, 3),
+        (128, 64, 8, 2),
+    ],
 }
 
 
-def sweep(head_dim, kernels, length=4096):
+def sweep(head_dim, kernels, length):
     """Time each kernel's candidate tiles (the others fixed at their best so far) and keep the fastest in place."""
     q, k, v, table, grad_out = make_inputs(TOKENS // length, length, head_dim)
     tuned = attention.TUNED_CONFIGS["wide" if head_dim > 64 else "narrow"]
     report = {
         "head_dim": head_dim,
+        "length": length,
         "before": {kernel: dataclasses.astuple(config) for kernel, config in tuned.items()},
     }
     for kernel in kernels:
@@ -237,15 +257,16 @@ def main():
         "small N)",
     )
     parser.add_argument(
-        "--sweep", action="store_true", help="first try tile configurations at N = 4096, keep the best"
+        "--sweep", action="store_true", help="first try tile configurations (at --sweep-length), keep the best"
     )
     parser.add_argument("--sweep-kernels", nargs="+", default=list(SWEEP_CANDIDATES), choices=list(SWEEP_CANDIDATES))
+    parser.add_argument("--sweep-length", type=int, default=4096, help="N at which --sweep times the candidates")
     args = parser.parse_args()
 
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     if args.sweep:
         for head_dim in args.head_dims:
-            print(json.dumps(sweep(head_dim, args.sweep_kernels)), flush=True)
+            print(json.dumps(sweep(head_dim, args.sweep_kernels, args.sweep_length)), flush=True)
     run_flex = make_flex()
     results = []
     for head_dim in args.head_dims:

@@ -82,8 +82,8 @@ def kernel_configs(head_dim: int, dtype: torch.dtype) -> dict[str, KernelConfig]
 
 
 # Chosen with benchmarks/bench_attention.py --sweep (bf16, B*N = 32768, H = 12, N = 4096) on an H100; the wide
-# key/value-gradient tiles on an H200 (32 x 64 with fast tiles keys by row took 8.9 ms a forward+backward, 64 x 64
-# query by row 10.3 ms).
+# key/value-gradient tiles on an H200 (a forward+backward with fast tiles keys by row, 32 x 128 and 8 warps: 4.98 ms at
+# N = 2048 and 8.62 ms at N = 4096; 32 x 64 and 4 warps: 5.37 and 8.98 ms; 64 x 64 query by row: 10.3 ms at 4096).
 TUNED_CONFIGS = {
     "narrow": {
         "forward": KernelConfig(64, 64, 4, 3),
@@ -92,7 +92,7 @@ TUNED_CONFIGS = {
     },
     "wide": {
         "forward": KernelConfig(128, 64, 8, 3),
-        "backward_kv": KernelConfig(32, 64, 4, 3, fast_keys_by_row=True),
+        "backward_kv": KernelConfig(32, 128, 8, 3, fast_keys_by_row=True),
         "backward_q": KernelConfig(128, 64, 8, 3),
     },
 }
@@ -515,6 +515,7 @@ def _backward_kv_range(
     ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
+    KEYS_BY_ROW: tl.constexpr = FAST_KEYS_BY_ROW if FAST else False
     for start_m in range(lo, hi, BLOCK_M):
         relative_bias = _bias_of_tile(
             BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n, query_offset, far_bias, BLOCK_M, BLOCK_N,
@@ -536,10 +537,9 @@ def _backward_kv_range(
         s = _scores(
             q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
             relative_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-            seq_m, BLOCK_M, BLOCK_N, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-            FAST_KEYS_BY_ROW if FAST else False,
+            seq_m, BLOCK_M, BLOCK_N, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION, KEYS_BY_ROW,
         )  # fmt: skip
-        if FAST_KEYS_BY_ROW if FAST else False:
+        if KEYS_BY_ROW:
             # Keys by row, the layout of Triton's fused-attention tutorial: the probabilities and score gradients
             # come out of their products as the dK and dV products take them, with no transpose of a register tile.
             p = tl.exp2(s - lse[None, :])
