@@ -1,0 +1,113 @@
+"""Registers and spills of the `fat5` attention kernels on a GPU architecture, found without that GPU.
+
+    env -u TRITON_INTERPRET PYTHONPATH=src python utils/kernel_registers.py --head-dim 128 --length 2048 [--arch 90]
+
+Compiles the forward and backward kernels as the T5-bias path launches them (bf16, the tuned tiles, bias gradient on)
+for the chosen CUDA architecture, with Triton's compiler and its bundled `ptxas`, and prints each kernel's registers
+per thread, spill bytes and shared memory. A kernel change can be screened here before a GPU call: at the
+255-register limit, spills grow before the time does. `--tiles backward_q=64,64,4,3` tries other tiles. Nothing runs,
+so no CUDA device or driver is needed; the numbers are ptxas's, not a measurement.
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+
+from fat5.models.flash_t5.kernels import attention
+
+
+class CompileOnlyDriver:
+    """The parts of Triton's active driver that compiling asks for: a target, a device index and a stream."""
+
+    def __init__(self, arch: int):
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+
+def compile_kernels(head_dim: int, length: int) -> list:
+    """(name, compiled kernel) of each kernel that one T5-bias forward and backward launches."""
+    compiled = []
+
+    class CompileOnLaunch:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                compiled.append((self.kernel.fn.__name__, self.kernel.warmup(*args, grid=grid, **kwargs)))
+
+            return launch
+
+    attention.wrap_triton = CompileOnLaunch
+    heads, max_distance = 2, 128
+    q, k, v, out = (torch.randn(1, length, heads, head_dim, dtype=torch.bfloat16).transpose(1, 2) for _ in range(4))
+    by_distance = attention.relative_bias_by_distance(torch.randn(32, heads), 32, max_distance, True)
+    configs = attention.kernel_configs(head_dim, torch.bfloat16)
+    tiles = attention.relative_bias_tiles(by_distance, max_distance, 0, configs, torch.bfloat16)
+    options = (attention.BIAS_RELATIVE, 1.0, False, False, max_distance, 0)
+    attention._forward(q, k, v, None, by_distance, tiles[0], *options)
+    lse = torch.zeros(1, heads, length)
+    attention._backward(out, q, k, v, out, lse, None, by_distance, tiles[1], tiles[2], *options, True)
+    return compiled
+
+
+def ptxas_report(ptx: str, arch: int) -> str:
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "kernel.ptx")
+        with open(source, "w") as f:
+            f.write(ptx)
+        arch_name = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+        command = [ptxas, "-v", "--gpu-name", arch_name, source, "-o", os.path.join(folder, "kernel.cubin")]
+        log = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    registers = re.search(r"Used (\d+) registers", log).group(1)
+    stores, loads = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log).groups()
+    return f"{registers:>3} registers, spills {stores} B stored / {loads} B loaded"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--length", type=int, default=2048)
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability as one number: 90 for Hopper")
+    parser.add_argument(
+        "--tiles",
+        nargs="+",
+        default=[],
+        metavar="KERNEL=M,N,WARPS,STAGES[,KEYS_BY_ROW]",
+        help="tiles to try instead of the tuned ones (kernel: forward, backward_kv or backward_q)",
+    )
+    args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("unset TRITON_INTERPRET: the interpreter compiles nothing")
+
+    tuned = attention.TUNED_CONFIGS["wide" if args.head_dim > 64 else "narrow"]
+    for choice in args.tiles:
+        kernel, fields = choice.split("=")
+        if kernel not in tuned:
+            parser.error(f"--tiles: unknown kernel {kernel!r}, expected one of {', '.join(tuned)}")
+        numbers = [int(x) for x in fields.split(",")]
+        tuned[kernel] = attention.KernelConfig(*numbers[:4], *(bool(x) for x in numbers[4:]))
+    triton.runtime.driver.set_active(CompileOnlyDriver(args.arch))
+
+    print(f"D = {args.head_dim}, N = {args.length}, sm_{args.arch}, triton {triton.__version__}")
+    for name, kernel in compile_kernels(args.head_dim, args.length):
+        print(f"{name:24s} {ptxas_report(kernel.asm['ptx'], args.arch)}, {kernel.metadata.shared} B shared")
+
+
+if __name__ == "__main__":
+    main()
