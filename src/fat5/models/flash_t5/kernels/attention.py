@@ -306,13 +306,11 @@ def _forward_range(
     )  # fmt: skip
     for start_n in range(lo, hi, BLOCK_N):
         relative_bias = next_bias
-        if BIAS_KIND == 1:
-            if not FAST:
-                # A tile ahead, so that the load's latency hides behind this tile's products (a clamped read past hi).
-                next_bias = _near_bias_tile(
-                    BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n + BLOCK_N, query_offset, BLOCK_M,
-                    BLOCK_N, TILE_STEP,
-                )  # fmt: skip
+        # A tile ahead, so that the load's latency hides behind this tile's products (a clamped read past hi).
+        next_bias = _bias_of_tile(
+            BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n + BLOCK_N, query_offset, far_bias,
+            BLOCK_M, BLOCK_N, TILE_STEP, FAST, BIAS_KIND,
+        )  # fmt: skip
         k, v, s = _key_tile(
             q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads, seq_m,
             seq_n, stride_kn, stride_vn, qk_scale, query_offset, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
