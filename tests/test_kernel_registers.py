@@ -19,8 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "utils" / "kernel_registers.py"
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 KERNELS = {"_forward_kernel", "_backward_delta_kernel", "_backward_kv_kernel", "_backward_q_kernel"}
-# The tuned tiles spill at most 44 B (D = 64's key/value-gradient kernel); the tiles that measured slow in the sweeps
-# of benchmarks/README.md spilled 150 B and more.
+# The tuned tiles spill at most 44 B (D = 64's key/value-gradient kernel); e84c31a's D = 128 key/value tiles, 8 % slower
+# than the current ones, spilled 468 B (benchmarks/README.md).
 MAX_SPILL_STORES = 64
 
 
@@ -29,7 +29,7 @@ MAX_SPILL_STORES = 64
 def test_kernels_compile_for_hopper_without_spilling(head_dim):
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "src"), env.get("PYTHONPATH", "")])
-    command = [sys.executable, str(SCRIPT), "--head-dim", str(head_dim), "--length", "512"]
+    command = [sys.executable, str(SCRIPT), "--head-dim", str(head_dim)]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -1,6 +1,6 @@
 """Registers and spills of the `fat5` attention kernels on a GPU architecture, found without that GPU.
 
-    env -u TRITON_INTERPRET PYTHONPATH=src python utils/kernel_registers.py --head-dim 128 --length 2048 [--arch 90]
+    env -u TRITON_INTERPRET PYTHONPATH=src python utils/kernel_registers.py --head-dim 128 [--arch 90]
 
 Compiles the forward and backward kernels as the T5-bias path launches them (bf16, the tuned tiles, bias gradient on)
 for the chosen CUDA architecture, with Triton's compiler and its bundled `ptxas`, and prints each kernel's registers
@@ -38,7 +38,7 @@ class CompileOnlyDriver:
         return 0
 
 
-def compile_kernels(head_dim: int, length: int) -> list:
+def compile_kernels(head_dim: int) -> list:
     """(name, compiled kernel) of each kernel that one T5-bias forward and backward launches."""
     compiled = []
 
@@ -53,7 +53,8 @@ def compile_kernels(head_dim: int, length: int) -> list:
             return launch
 
     attention.wrap_triton = CompileOnLaunch
-    heads, max_distance = 2, 128
+    # The lengths are no compile-time constants: any length compiles the same kernels.
+    heads, max_distance, length = 2, 128, 512
     q, k, v, out = (torch.randn(1, length, heads, head_dim, dtype=torch.bfloat16).transpose(1, 2) for _ in range(4))
     by_distance = attention.relative_bias_by_distance(torch.randn(32, heads), 32, max_distance, True)
     configs = attention.kernel_configs(head_dim, torch.bfloat16)
@@ -82,7 +83,6 @@ def ptxas_report(ptx: str, arch: int) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability as one number: 90 for Hopper")
     parser.add_argument(
         "--tiles",
@@ -104,8 +104,8 @@ def main():
         tuned[kernel] = attention.KernelConfig(*numbers[:4], *(bool(x) for x in numbers[4:]))
     triton.runtime.driver.set_active(CompileOnlyDriver(args.arch))
 
-    print(f"D = {args.head_dim}, N = {args.length}, sm_{args.arch}, triton {triton.__version__}")
-    for name, kernel in compile_kernels(args.head_dim, args.length):
+    print(f"D = {args.head_dim}, sm_{args.arch}, triton {triton.__version__}")
+    for name, kernel in compile_kernels(args.head_dim):
         print(f"{name:24s} {ptxas_report(kernel.asm['ptx'], args.arch)}, {kernel.metadata.shared} B shared")
 
 
