@@ -2,11 +2,12 @@
 
     env -u TRITON_INTERPRET PYTHONPATH=src python utils/kernel_registers.py --head-dim 128 [--arch 90]
 
-Compiles the forward and backward kernels as the T5-bias path launches them (bf16, the tuned tiles, bias gradient on)
-for the chosen CUDA architecture, with Triton's compiler and its bundled `ptxas`, and prints each kernel's registers
-per thread, spill bytes and shared memory. A kernel change can be screened here before a GPU call: at the
-255-register limit, spills grow before the time does. `--tiles backward_q=64,64,4,3` tries other tiles. Nothing runs,
-so no CUDA device or driver is needed; the numbers are ptxas's, not a measurement.
+Compiles the forward and backward kernels as a bf16 call launches them (the tuned tiles; T5 bias by default, or
+`--bias alibi|dense|none`, `--causal`, `--key-mask`; the gradient of a T5 or dense bias) for a CUDA architecture,
+with Triton's compiler and its bundled `ptxas`, and prints each kernel's registers per thread, spill bytes and shared
+memory. A kernel change can be screened here before a GPU call: at the 255-register limit, spills grow before the
+time does. `--tiles backward_q=64,64,4,3` tries other tiles. Nothing runs, so no CUDA device or driver is needed; the
+numbers are ptxas's, not a measurement.
 """
 
 import argparse
@@ -38,8 +39,8 @@ class CompileOnlyDriver:
         return 0
 
 
-def compile_kernels(head_dim: int) -> list:
-    """(name, compiled kernel) of each kernel that one T5-bias forward and backward launches."""
+def compile_kernels(head_dim: int, bias: str = "t5", causal: bool = False, key_mask: bool = False) -> list:
+    """(name, compiled kernel) of each kernel that one forward and backward launches, with the bias's gradient."""
     compiled = []
 
     class CompileOnLaunch:
@@ -56,13 +57,26 @@ def compile_kernels(head_dim: int) -> list:
     # The lengths are no compile-time constants: any length compiles the same kernels.
     heads, max_distance, length = 2, 128, 512
     q, k, v, out = (torch.randn(1, length, heads, head_dim, dtype=torch.bfloat16).transpose(1, 2) for _ in range(4))
-    by_distance = attention.relative_bias_by_distance(torch.randn(32, heads), 32, max_distance, True)
-    configs = attention.kernel_configs(head_dim, torch.bfloat16)
-    tiles = attention.relative_bias_tiles(by_distance, max_distance, 0, configs, torch.bfloat16)
-    options = (attention.BIAS_RELATIVE, 1.0, False, False, max_distance, 0)
-    attention._forward(q, k, v, None, by_distance, tiles[0], *options)
+    mask = torch.ones(1, length, dtype=torch.bool) if key_mask else None
+    tiles = (None, None, None)
+    if bias == "t5":
+        bias_kind, bias_tensor = (
+            attention.BIAS_RELATIVE,
+            attention.relative_bias_by_distance(torch.randn(32, heads), 32, max_distance, not causal),
+        )
+        configs = attention.kernel_configs(head_dim, torch.bfloat16)
+        tiles = attention.relative_bias_tiles(bias_tensor, max_distance, 0, configs, torch.bfloat16)
+    elif bias == "alibi":
+        bias_kind, bias_tensor = attention.BIAS_ALIBI, torch.rand(heads)
+    elif bias == "dense":
+        bias_kind, bias_tensor = attention.BIAS_DENSE, torch.randn(1, heads, length, length, dtype=torch.bfloat16)
+    else:
+        bias_kind, bias_tensor = attention.BIAS_NONE, None
+    options = (bias_kind, 1.0, causal, False, max_distance, 0)
+    attention._forward(q, k, v, mask, bias_tensor, tiles[0], *options)
     lse = torch.zeros(1, heads, length)
-    attention._backward(out, q, k, v, out, lse, None, by_distance, tiles[1], tiles[2], *options, True)
+    bias_grad = bias in ("t5", "dense")
+    attention._backward(out, q, k, v, out, lse, mask, bias_tensor, tiles[1], tiles[2], *options, bias_grad)
     return compiled
 
 
@@ -84,6 +98,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability as one number: 90 for Hopper")
+    parser.add_argument("--bias", choices=["t5", "alibi", "dense", "none"], default="t5")
+    parser.add_argument("--causal", action="store_true")
+    parser.add_argument("--key-mask", action="store_true", help="with a key-padding mask")
     parser.add_argument(
         "--tiles",
         nargs="+",
@@ -104,8 +121,8 @@ def main():
         tuned[kernel] = attention.KernelConfig(*numbers[:4], *(bool(x) for x in numbers[4:]))
     triton.runtime.driver.set_active(CompileOnlyDriver(args.arch))
 
-    print(f"D = {args.head_dim}, sm_{args.arch}, triton {triton.__version__}")
-    for name, kernel in compile_kernels(args.head_dim):
+    print(f"D = {args.head_dim}, {args.bias} bias, sm_{args.arch}, triton {triton.__version__}")
+    for name, kernel in compile_kernels(args.head_dim, args.bias, args.causal, args.key_mask):
         print(f"{name:24s} {ptxas_report(kernel.asm['ptx'], args.arch)}, {kernel.metadata.shared} B shared")
 
 
