@@ -60,10 +60,8 @@ def compile_kernels(head_dim: int, bias: str = "t5", causal: bool = False, key_m
     mask = torch.ones(1, length, dtype=torch.bool) if key_mask else None
     tiles = (None, None, None)
     if bias == "t5":
-        bias_kind, bias_tensor = (
-            attention.BIAS_RELATIVE,
-            attention.relative_bias_by_distance(torch.randn(32, heads), 32, max_distance, not causal),
-        )
+        bias_kind = attention.BIAS_RELATIVE
+        bias_tensor = attention.relative_bias_by_distance(torch.randn(32, heads), 32, max_distance, not causal)
         configs = attention.kernel_configs(head_dim, torch.bfloat16)
         tiles = attention.relative_bias_tiles(bias_tensor, max_distance, 0, configs, torch.bfloat16)
     elif bias == "alibi":

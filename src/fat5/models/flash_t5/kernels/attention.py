@@ -514,6 +514,9 @@ def _backward_kv_range(
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     KEYS_BY_ROW: tl.constexpr = FAST_KEYS_BY_ROW if FAST else False
+    # The near tiles stay query by row; their far sums take the shape of the fast tiles' (per key with fast tiles keys
+    # by row, else per query).
+    NEAR_FAR_SUM_AXIS: tl.constexpr = 0 if FAST_KEYS_BY_ROW else 1
     for start_m in range(lo, hi, BLOCK_M):
         relative_bias = _bias_of_tile(
             BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n, query_offset, far_bias, BLOCK_M, BLOCK_N,
@@ -587,11 +590,8 @@ def _backward_kv_range(
                     relative = start_n - start_m - query_offset - (BLOCK_M - 1) + diagonals
                     in_range = diagonals < BLOCK_M + BLOCK_N - 1
                     tile_relative = offs_n[None, :] - (offs_m[:, None] + query_offset)
-                    # Per key with fast tiles keys by row (the sums' shape), else per query.
-                    far_after += tl.sum(tl.where(tile_relative >= max_distance, ds, 0.0), 0 if FAST_KEYS_BY_ROW else 1)
-                    far_before += tl.sum(
-                        tl.where(tile_relative <= -max_distance, ds, 0.0), 0 if FAST_KEYS_BY_ROW else 1
-                    )
+                    far_after += tl.sum(tl.where(tile_relative >= max_distance, ds, 0.0), NEAR_FAR_SUM_AXIS)
+                    far_before += tl.sum(tl.where(tile_relative <= -max_distance, ds, 0.0), NEAR_FAR_SUM_AXIS)
                     near = in_range & (relative > -max_distance) & (relative < max_distance)
                     tl.atomic_add(relative_grad_row + relative + max_distance, diagonal_sums, mask=near)
     return dk, dv, far_before, far_after
@@ -711,8 +711,8 @@ def _backward_kv_kernel(
             seq_n, stride_qm, stride_dom, qk_scale, query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b,
             BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h,
             stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM,
-            BLOCK_M, BLOCK_N, TILE_STEP, BLOCK_DIAGONALS, FAST_KEYS_BY_ROW, segment % 2 == 0, segment == 0, BIAS_KIND, BIAS_GRAD,
-            ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+            BLOCK_M, BLOCK_N, TILE_STEP, BLOCK_DIAGONALS, FAST_KEYS_BY_ROW, segment % 2 == 0, segment == 0, BIAS_KIND,
+            BIAS_GRAD, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
 
     if BIAS_GRAD:
