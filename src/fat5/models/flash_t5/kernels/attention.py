@@ -123,7 +123,7 @@ def _scores(
     seq_m,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    FAST: tl.constexpr,
+    IN_BOUNDS: tl.constexpr,
     BIAS_KIND: tl.constexpr,
     ALIBI_ASYMMETRIC: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -134,9 +134,9 @@ def _scores(
     """The tile's scores in the log2 domain (natural-log scores times log2(e)), masked keys at -inf: (query x key), or
     (key x query) with KEYS_BY_ROW.
 
-    A FAST tile lies inside both sequences and wholly on one side of the causal diagonal, and for the T5 bias wholly
-    beyond max_distance, where its bias is a single value: no bounds, causal or relative position arithmetic per
-    score. `relative_bias` is the T5 bias (log2 domain): that value, or the tile's from `_near_bias_tile`.
+    An IN_BOUNDS tile lies inside both sequences and wholly on one side of the causal diagonal: no bounds, causal or
+    relative position arithmetic per score. `relative_bias` is the T5 bias (log2 domain): one value beyond
+    max_distance, or the tile's from `_near_bias_tile`.
     """
     if KEYS_BY_ROW:
         query_index = offs_m[None, :]
@@ -162,11 +162,11 @@ def _scores(
         )
         # A fast tile's keys lie inside the sequence, but the query rows of the last tile may run past seq_m.
         bias_mask = query_index < seq_m
-        if not FAST:
+        if not IN_BOUNDS:
             bias_mask = bias_mask & (key_index < seq_n)
         bias = tl.load(bias_ptrs, mask=bias_mask, other=0.0)
         s += bias.to(tl.float32) * 1.4426950408889634
-    if not FAST:
+    if not IN_BOUNDS:
         relative = key_index - (query_index + query_offset)
         valid = key_index < seq_n
         if CAUSAL:
@@ -270,13 +270,13 @@ def _key_ranges(
 def _key_tile(
     q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads, seq_m, seq_n,
     stride_kn, stride_vn, qk_scale, query_offset, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h,
-    stride_bias_m, stride_bias_n, relative_bias, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FAST: tl.constexpr,
-    BIAS_KIND: tl.constexpr,
+    stride_bias_m, stride_bias_n, relative_bias, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IN_BOUNDS: tl.constexpr, BIAS_KIND: tl.constexpr,
     ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """The key and value tile at `start_n` of a query tile's loop over keys, and the tile's log2-domain scores."""
     offs_n = start_n + offs_n_block
-    if FAST:
+    if IN_BOUNDS:
         kv_mask = d_ok
     else:
         kv_mask = (offs_n[:, None] < seq_n) & d_ok
@@ -285,7 +285,7 @@ def _key_tile(
     s = _scores(
         q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset, relative_bias,
         KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, seq_m, BLOCK_M,
-        BLOCK_N, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION, False,
+        BLOCK_N, IN_BOUNDS, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION, False,
     )  # fmt: skip
     return k, v, s
 
@@ -296,8 +296,8 @@ def _forward_range(
     num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK, stride_mask_b,
     BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr, FAST: tl.constexpr,
-    BIAS_KIND: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-    PRECISION: tl.constexpr,
+    IN_BOUNDS: tl.constexpr, BIAS_KIND: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     next_bias = _bias_of_tile(
@@ -314,7 +314,7 @@ def _forward_range(
         k, v, s = _key_tile(
             q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads, seq_m,
             seq_n, stride_kn, stride_vn, qk_scale, query_offset, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
-            stride_bias_h, stride_bias_m, stride_bias_n, relative_bias, BLOCK_M, BLOCK_N, FAST, BIAS_KIND,
+            stride_bias_h, stride_bias_m, stride_bias_n, relative_bias, BLOCK_M, BLOCK_N, IN_BOUNDS, BIAS_KIND,
             ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -401,7 +401,8 @@ def _forward_kernel(
     bias_after = 0.0
     if BIAS_KIND == 1:
         bias_before, bias_after = _far_biases(BIAS_TILES, head, num_bias_tiles, BLOCK_M, BLOCK_N)
-    # The ranges in turn; the even ones are fast (whole tiles, one far bias value).
+    # The ranges in turn; the even ones are fast (whole tiles, one far bias value). Without a causal mask the second
+    # (near the diagonal) also lies inside both sequences: it ends at the last whole key tile.
     bounds = (0, fast_before, general_end, fast_after, end)
     far_biases = (bias_before, 0.0, bias_after, 0.0)
     for segment in tl.static_range(4):
@@ -410,7 +411,8 @@ def _forward_kernel(
             offs_d, offs_n_block, start_m, batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale,
             query_offset, max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
             stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
-            segment % 2 == 0, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+            segment % 2 == 0, segment % 2 == 0 or (segment == 1 and not CAUSAL), BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL,
+            HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
 
     empty = l_i == 0.0
@@ -544,8 +546,9 @@ def _backward_kv_range(
             # Keys by row, the layout of Triton's fused-attention tutorial: the probabilities and score gradients
             # come out of their products as the dK and dV products take them, with no transpose of a register tile.
             p = tl.exp2(s - lse[None, :])
-            dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
             dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+            # Issued after dp's product (which waits for every product in flight): dv's runs while ds is computed.
+            dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
             ds = p * (dp - delta[None, :])
             dk += tl.dot(ds.to(q.dtype), q, input_precision=PRECISION)
             query_index = offs_m[None, :]
@@ -732,8 +735,8 @@ def _backward_q_range(
     num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, max_distance, KEY_MASK, stride_mask_b,
     BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr, FAST: tl.constexpr,
-    BIAS_KIND: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-    PRECISION: tl.constexpr,
+    IN_BOUNDS: tl.constexpr, BIAS_KIND: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
@@ -745,7 +748,7 @@ def _backward_q_range(
         k, v, s = _key_tile(
             q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads, seq_m,
             seq_n, stride_kn, stride_vn, qk_scale, query_offset, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
-            stride_bias_h, stride_bias_m, stride_bias_n, relative_bias, BLOCK_M, BLOCK_N, FAST, BIAS_KIND,
+            stride_bias_h, stride_bias_m, stride_bias_n, relative_bias, BLOCK_M, BLOCK_N, IN_BOUNDS, BIAS_KIND,
             ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
         p = tl.exp2(s - lse[:, None])
@@ -844,7 +847,8 @@ def _backward_q_kernel(
     fast_before, general_end, fast_after, end = _key_ranges(
         start_m, seq_n, query_offset, max_distance, BLOCK_M, BLOCK_N, BIAS_KIND, CAUSAL
     )
-    # The ranges in turn; the even ones are fast (whole tiles, one far bias value).
+    # The ranges in turn; the even ones are fast (whole tiles, one far bias value). Without a causal mask the second
+    # (near the diagonal) also lies inside both sequences: it ends at the last whole key tile.
     bounds = (0, fast_before, general_end, fast_after, end)
     far_biases = (bias_before, 0.0, bias_after, 0.0)
     for segment in tl.static_range(4):
@@ -853,7 +857,8 @@ def _backward_q_kernel(
             offs_d, offs_n_block, start_m, batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale,
             query_offset, max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
             stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
-            segment % 2 == 0, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+            segment % 2 == 0, segment % 2 == 0 or (segment == 1 and not CAUSAL), BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL,
+            HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
 
     dq_ptrs = DQ + batch * stride_dqb + head * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
