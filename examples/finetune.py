@@ -636,6 +636,9 @@ def run(args) -> dict:
         model_dir = workdir / "model"
         trainer.save_model(str(model_dir))
         if not trainer.is_world_process_zero():
+            # Done here: destroy the process group now. Left to interpreter exit, a gloo group's threads can abort
+            # the process after its work is done (seen in the two-process CPU test).
+            trainer.accelerator.end_training()
             return results
         (model_dir / "training_args.bin").unlink(missing_ok=True)
         results["saved_files"] = sorted(p.name for p in model_dir.iterdir())
@@ -662,6 +665,7 @@ def run(args) -> dict:
         if output_dir.exists():
             shutil.rmtree(output_dir)
         workdir.rename(output_dir)
+        trainer.accelerator.end_training()
         return results
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
