@@ -160,7 +160,7 @@ def _scores(
             + query_index * stride_bias_m
             + key_index * stride_bias_n
         )
-        # A fast tile's keys lie inside the sequence, but the query rows of the last tile may run past seq_m.
+        # An in-bounds tile's keys lie inside the sequence, but the query rows of the last tile may run past seq_m.
         bias_mask = query_index < seq_m
         if not IN_BOUNDS:
             bias_mask = bias_mask & (key_index < seq_n)
