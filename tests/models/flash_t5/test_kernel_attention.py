@@ -121,8 +121,11 @@ def kv_layout(request, monkeypatch):
         (20, 45, False, None),
         # Far tiles on both sides of the diagonal and a ragged far tile, whose bias tile is clamped to the last one.
         (100, 100, True, (100, 70)),
+        # Bidirectional queries that start past the first keys: the near tiles of a non-causal call are taken as
+        # inside both sequences (no bounds masks); they must end at the last whole key tile, before the ragged one.
+        (30, 70, True, (70, 50)),
     ],
-    ids=["encoder", "encoder-padded", "decoder-padded", "decoder-cached-keys", "encoder-far-tiles"],
+    ids=["encoder", "encoder-padded", "decoder-padded", "decoder-cached-keys", "encoder-far-tiles", "encoder-offset"],
 )
 def test_t5_relative_bias(poison, kv_layout, seq_m, seq_n, bidirectional, lengths):
     num_buckets, max_distance, heads = 8, 12, 3
