@@ -8,6 +8,9 @@ with Triton's compiler and its bundled `ptxas`, and prints each kernel's registe
 memory. A kernel change can be screened here before a GPU call: at the 255-register limit, spills grow before the
 time does. `--tiles backward_q=64,64,4,3` tries other tiles. Nothing runs, so no CUDA device or driver is needed; the
 numbers are ptxas's, not a measurement.
+
+`--ptx-dir DIR` also writes each kernel's PTX instructions (without its line and debug records) to DIR: a change whose
+dump equals the committed tree's (`diff -r`) compiles to the same instructions and needs no GPU run to be timed.
 """
 
 import argparse
@@ -92,6 +95,20 @@ def ptxas_report(ptx: str, arch: int) -> str:
     return f"{registers:>3} registers, spills {stores} B stored / {loads} B loaded"
 
 
+def ptx_instructions(ptx: str) -> str:
+    """The PTX without its source-line records, comments and debug sections: what two builds must share to run the
+    same instructions."""
+    kept = []
+    for line in ptx.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(".section") and ".debug" in stripped:
+            break
+        if stripped.startswith((".loc", ".file", "//")) or re.fullmatch(r"\$L__tmp\d+:", stripped):
+            continue
+        kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--head-dim", type=int, default=128)
@@ -105,6 +122,9 @@ def main():
         default=[],
         metavar="KERNEL=M,N,WARPS,STAGES[,KEYS_BY_ROW]",
         help="tiles to try instead of the tuned ones (kernel: forward, backward_kv or backward_q)",
+    )
+    parser.add_argument(
+        "--ptx-dir", help="write each kernel's PTX instructions to this folder, to diff against another tree's"
     )
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -120,8 +140,13 @@ def main():
     triton.runtime.driver.set_active(CompileOnlyDriver(args.arch))
 
     print(f"D = {args.head_dim}, {args.bias} bias, sm_{args.arch}, triton {triton.__version__}")
+    if args.ptx_dir:
+        os.makedirs(args.ptx_dir, exist_ok=True)
     for name, kernel in compile_kernels(args.head_dim, args.bias, args.causal, args.key_mask):
         print(f"{name:24s} {ptxas_report(kernel.asm['ptx'], args.arch)}, {kernel.metadata.shared} B shared")
+        if args.ptx_dir:
+            with open(os.path.join(args.ptx_dir, f"{name}.ptx"), "w") as f:
+                f.write(ptx_instructions(kernel.asm["ptx"]))
 
 
 if __name__ == "__main__":
