@@ -240,7 +240,8 @@ def _key_ranges(
     """Split a query block's keys into [0, a) fast | [a, b) general | [b, c) fast | [c, end) general.
 
     The first fast range is beyond max_distance before the queries (T5: bias index 0) or, for other biases, every
-    whole tile below the causal diagonal; the second is beyond max_distance after them (T5: the last index).
+    whole tile below the causal diagonal; the second is beyond max_distance after them (T5: the last index). Without a
+    causal mask the first general range ends at the last whole key tile: it lies inside both sequences too.
     """
     full_n = seq_n // BLOCK_N * BLOCK_N
     end = seq_n
@@ -401,8 +402,8 @@ def _forward_kernel(
     bias_after = 0.0
     if BIAS_KIND == 1:
         bias_before, bias_after = _far_biases(BIAS_TILES, head, num_bias_tiles, BLOCK_M, BLOCK_N)
-    # The ranges in turn; the even ones are fast (whole tiles, one far bias value). Without a causal mask the second
-    # (near the diagonal) also lies inside both sequences: it ends at the last whole key tile.
+    # The ranges in turn; the even ones are fast (whole tiles, one far bias value), and without a causal mask the
+    # second is in bounds too (see _key_ranges).
     bounds = (0, fast_before, general_end, fast_after, end)
     far_biases = (bias_before, 0.0, bias_after, 0.0)
     for segment in tl.static_range(4):
@@ -848,8 +849,8 @@ def _backward_q_kernel(
     fast_before, general_end, fast_after, end = _key_ranges(
         start_m, seq_n, query_offset, max_distance, BLOCK_M, BLOCK_N, BIAS_KIND, CAUSAL
     )
-    # The ranges in turn; the even ones are fast (whole tiles, one far bias value). Without a causal mask the second
-    # (near the diagonal) also lies inside both sequences: it ends at the last whole key tile.
+    # The ranges in turn; the even ones are fast (whole tiles, one far bias value), and without a causal mask the
+    # second is in bounds too (see _key_ranges).
     bounds = (0, fast_before, general_end, fast_after, end)
     far_biases = (bias_before, 0.0, bias_after, 0.0)
     for segment in tl.static_range(4):
