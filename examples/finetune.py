@@ -635,10 +635,10 @@ def run(args) -> dict:
         # Every process takes part in saving (FSDP gathers the full state dict); the main process writes.
         model_dir = workdir / "model"
         trainer.save_model(str(model_dir))
+        # The last step every process takes part in: destroy the process group now. Left to interpreter exit, a gloo
+        # group's threads can abort a process after its work is done (seen in the two-process CPU test).
+        trainer.accelerator.end_training()
         if not trainer.is_world_process_zero():
-            # Done here: destroy the process group now. Left to interpreter exit, a gloo group's threads can abort
-            # the process after its work is done (seen in the two-process CPU test).
-            trainer.accelerator.end_training()
             return results
         (model_dir / "training_args.bin").unlink(missing_ok=True)
         results["saved_files"] = sorted(p.name for p in model_dir.iterdir())
@@ -665,7 +665,6 @@ def run(args) -> dict:
         if output_dir.exists():
             shutil.rmtree(output_dir)
         workdir.rename(output_dir)
-        trainer.accelerator.end_training()
         return results
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
