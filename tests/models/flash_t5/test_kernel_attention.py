@@ -151,6 +151,31 @@ def test_t5_relative_bias(poison, kv_layout, seq_m, seq_n, bidirectional, length
     check(actual, expected, 1e-5)
 
 
+@pytest.mark.parametrize("bidirectional", [True, False], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 12), (64, 256), (4, 8)])
+def test_far_distance_starts_where_the_bucket_stops_changing(num_buckets, max_distance, bidirectional):
+    """Every relative position from far_distance on, on each side and well past max_distance, has the bucket of the
+    far end in T5's own bucketing; and the range is not wider than that plus the documented one-position margin."""
+    far = A.far_distance(num_buckets, max_distance, bidirectional)
+    assert 1 <= far <= max_distance
+    relative = torch.arange(-4 * max_distance, 4 * max_distance + 1)
+    buckets = relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+    by_position = dict(zip(relative.tolist(), buckets.tolist()))
+    for side in (1, -1):
+        beyond = [by_position[side * distance] for distance in range(far, 4 * max_distance + 1)]
+        assert set(beyond) == {by_position[side * max_distance]}
+    last_changing = max(
+        distance
+        for distance in range(max_distance + 1)
+        for side in (1, -1)
+        if by_position[side * distance] != by_position[side * max_distance]
+    )
+    assert far == min(last_changing + 2, max_distance)
+    # T5's defaults: the bias stops changing 91 positions out on either side of an encoder query, not 128.
+    if (num_buckets, max_distance, bidirectional) == (32, 128, True):
+        assert far == 92
+
+
 @pytest.mark.parametrize("asymmetric", [False, True], ids=["symmetric", "asymmetric"])
 def test_alibi(poison, kv_layout, asymmetric):
     heads, seq = 4, 35
@@ -289,9 +314,9 @@ def test_opcheck(bias_kind):
     tiles = (None, None, None)
     max_distance, causal = 0, False
     if bias_kind == "relative":
-        max_distance = 12
+        max_distance = A.far_distance(8, 12, bidirectional=True)
         table = torch.randn(8, 2, device=DEVICE, requires_grad=True)
-        bias = A.relative_bias_by_distance(table, 8, max_distance, bidirectional=True)
+        bias = A.relative_bias_by_distance(table, 8, 12, bidirectional=True)
         tiles = A.relative_bias_tiles(bias, max_distance, 0, A.kernel_configs(16, torch.float32), torch.float32)
         kind = A.BIAS_RELATIVE
     elif bias_kind == "dense":

@@ -7,8 +7,9 @@ The bias is never a (query x key) tensor for the position encodings that do not 
 
 - T5 relative buckets: the (buckets x heads) table is expanded into the bias of every relative position `key -
   query` in [-max_distance, max_distance] through the model's own `relative_position_bucket` (so the kernel's
-  buckets are T5's to the bit); beyond max_distance the bucket no longer changes. A tile's bias depends only on the
-  offset of its corner from the diagonal, and the tiles within max_distance of the diagonal come in a few such
+  buckets are T5's to the bit), where the kernels' max_distance is `far_distance`: the distance from which the
+  bucket no longer changes (92 for T5's 32 buckets and max distance 128, bidirectional). A tile's bias depends only
+  on the offset of its corner from the diagonal, and the tiles within max_distance of the diagonal come in a few such
   offsets whatever the sequence lengths: their bias is gathered once, in the caller's graph, and a kernel reads one
   with a block load. A tile whose every relative position lies beyond max_distance (most tiles of a long sequence)
   adds a single value. Backward sums the score gradients of each relative position (a tile's diagonals) in the
@@ -1151,15 +1152,42 @@ def _backward_from_autograd(ctx, grad_out, _grad_lse):
 attention_forward_op.register_autograd(_backward_from_autograd, setup_context=_setup_context)
 
 
+def far_distance(num_buckets: int, max_distance: int, bidirectional: bool) -> int:
+    """A distance in [1, max_distance] from which every farther relative position, on each side, has the bucket of
+    max_distance: the kernels add one bias value per side from there on, and the fewer positions before it, the
+    fewer tiles near the diagonal need their bias tile and their diagonal sums.
+
+    One position past the last one that T5's bucketing (float32, on the CPU) puts in an earlier bucket, plus one: a
+    device's float32 log could put that first position in the earlier bucket.
+    """
+    # A constant to torch.compile, which would otherwise trace the bucketing; cached in eager mode.
+    compute = _far_distance if torch.compiler.is_compiling() else _cached_far_distance
+    return compute(num_buckets, max_distance, bidirectional)
+
+
+@torch.compiler.assume_constant_result
+def _far_distance(num_buckets: int, max_distance: int, bidirectional: bool) -> int:
+    relative = torch.arange(-max_distance, max_distance + 1)
+    buckets = relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+    near = ((relative < 0) & (buckets != buckets[0])) | ((relative > 0) & (buckets != buckets[-1]))
+    last_near = int(relative[near].abs().max()) if near.any() else 0
+    return min(last_near + 2, max_distance)
+
+
+_cached_far_distance = functools.cache(_far_distance)
+
+
 def relative_bias_by_distance(
     relative_attention_bias: torch.Tensor, num_buckets: int, max_distance: int, bidirectional: bool
 ) -> torch.Tensor:
-    """(heads, 2 * max_distance + 1): the bias of every relative position in [-max_distance, max_distance].
+    """(heads, 2 * far + 1): the bias of every relative position in [-far, far], far = `far_distance(num_buckets,
+    max_distance, bidirectional)`; its two ends hold the bias of every farther position.
 
     Gathered from the (buckets, heads) table with T5's own bucketing, so autograd takes the kernel's gradient back to
     the table.
     """
-    relative = torch.arange(-max_distance, max_distance + 1, device=relative_attention_bias.device)
+    far = far_distance(num_buckets, max_distance, bidirectional)
+    relative = torch.arange(-far, far + 1, device=relative_attention_bias.device)
     buckets = relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
     return relative_attention_bias.float()[buckets].t().contiguous()
 
@@ -1282,11 +1310,11 @@ def fat5_attention(
 
     max_distance = 0
     if relative_attention_bias is not None:
-        max_distance = int(relative_attention_max_distance)
         bias_kind = BIAS_RELATIVE
-        bias = relative_bias_by_distance(
-            relative_attention_bias, int(relative_attention_num_buckets), max_distance, bidirectional
-        )
+        bucketing = (int(relative_attention_num_buckets), int(relative_attention_max_distance), bidirectional)
+        bias = relative_bias_by_distance(relative_attention_bias, *bucketing)
+        # The kernels' max_distance: where the bias becomes one value per side.
+        max_distance = far_distance(*bucketing)
     elif alibi_slopes is not None:
         bias_kind, bias = BIAS_ALIBI, alibi_slopes.float().contiguous()
     elif position_bias is not None:
@@ -1322,4 +1350,4 @@ def fat5_attention(
     return out, None
 
 
-__all__ = ["fat5_attention", "relative_bias_by_distance"]
+__all__ = ["fat5_attention", "far_distance", "relative_bias_by_distance"]
