@@ -58,13 +58,17 @@ def compile_kernels(head_dim: int, bias: str = "t5", causal: bool = False, key_m
 
     attention.wrap_triton = CompileOnLaunch
     # The lengths are no compile-time constants: any length compiles the same kernels.
-    heads, max_distance, length = 2, 128, 512
+    heads, length = 2, 512
     q, k, v, out = (torch.randn(1, length, heads, head_dim, dtype=torch.bfloat16).transpose(1, 2) for _ in range(4))
     mask = torch.ones(1, length, dtype=torch.bool) if key_mask else None
     tiles = (None, None, None)
+    # The kernels' max_distance as `fat5_attention` passes it.
+    max_distance = 0
     if bias == "t5":
         bias_kind = attention.BIAS_RELATIVE
-        bias_tensor = attention.relative_bias_by_distance(torch.randn(32, heads), 32, max_distance, not causal)
+        bucketing = (32, 128, not causal)
+        max_distance = attention.far_distance(*bucketing)
+        bias_tensor = attention.relative_bias_by_distance(torch.randn(32, heads), *bucketing)
         configs = attention.kernel_configs(head_dim, torch.bfloat16)
         tiles = attention.relative_bias_tiles(bias_tensor, max_distance, 0, configs, torch.bfloat16)
     elif bias == "alibi":

@@ -1157,8 +1157,8 @@ def far_distance(num_buckets: int, max_distance: int, bidirectional: bool) -> in
     max_distance: the kernels add one bias value per side from there on, and the fewer positions before it, the
     fewer tiles near the diagonal need their bias tile and their diagonal sums.
 
-    One position past the last one that T5's bucketing (float32, on the CPU) puts in an earlier bucket, plus one: a
-    device's float32 log could put that first position in the earlier bucket.
+    The last position that T5's bucketing (float32, on the CPU) puts in an earlier bucket, plus two: one to reach the
+    first far position, one more in case a device's float32 log puts that position in the earlier bucket.
     """
     # A constant to torch.compile, which would otherwise trace the bucketing; cached in eager mode.
     compute = _far_distance if torch.compiler.is_compiling() else _cached_far_distance
