@@ -95,14 +95,17 @@ def run_both(kernel_kwargs, reference_kwargs, q, k, v, scale, bias_leaf=None, re
     return [out, *kernel_grads], [expected, *expected_grads]
 
 
-@pytest.fixture(params=[False, True], ids=["fast-tiles-query-rows", "fast-tiles-key-rows"])
+@pytest.fixture(params=[False, True], ids=["narrow-layout", "wide-layout"])
 def kv_layout(request, monkeypatch):
-    """Both layouts of the key/value-gradient kernel's fast tiles (which one a GPU takes is a tuned choice)."""
+    """Both layouts of the key/value-gradient kernel, tuned choices: fast tiles query or key by row, the near tiles
+    of a call without a causal mask with or without bounds masks."""
     configs = A.kernel_configs
 
     def with_layout(head_dim, dtype):
         chosen = configs(head_dim, dtype)
-        kv_config = dataclasses.replace(chosen["backward_kv"], fast_keys_by_row=request.param)
+        kv_config = dataclasses.replace(
+            chosen["backward_kv"], fast_keys_by_row=request.param, near_in_bounds=request.param
+        )
         if not torch.cuda.is_available():
             # Twice as many keys as queries a tile: a block_m taken for a block_n anywhere fails.
             kv_config = dataclasses.replace(kv_config, block_n=2 * kv_config.block_m)

@@ -64,6 +64,9 @@ class KernelConfig:
     num_stages: int
     # Key/value-gradient kernel only: compute the tiles beyond max_distance keys by row.
     fast_keys_by_row: bool = False
+    # Key/value-gradient kernel only: no bounds masks on the near-diagonal tiles of a call without a causal mask (they
+    # lie inside both sequences). A tuned choice: it changes the whole kernel's register allocation.
+    near_in_bounds: bool = False
 
 
 def kernel_configs(head_dim: int, dtype: torch.dtype) -> dict[str, KernelConfig]:
@@ -85,6 +88,8 @@ def kernel_configs(head_dim: int, dtype: torch.dtype) -> dict[str, KernelConfig]
 # Chosen with benchmarks/bench_attention.py --sweep (bf16, B*N = 32768, H = 12, N = 4096) on an H100; the wide
 # key/value-gradient tiles on an H200 (a forward+backward with fast tiles keys by row, 32 x 128 and 8 warps: 4.98 ms at
 # N = 2048 and 8.62 ms at N = 4096; 32 x 64 and 4 warps: 5.37 and 8.98 ms; 64 x 64 query by row: 10.3 ms at 4096).
+# Near tiles in bounds, H200, key/value-gradient kernel at N = 2048: 2.57 against 2.59 ms wide, 1.361 against 1.351 ms
+# narrow.
 TUNED_CONFIGS = {
     "narrow": {
         "forward": KernelConfig(64, 64, 4, 3),
@@ -93,7 +98,7 @@ TUNED_CONFIGS = {
     },
     "wide": {
         "forward": KernelConfig(128, 64, 8, 3),
-        "backward_kv": KernelConfig(32, 128, 8, 3, fast_keys_by_row=True),
+        "backward_kv": KernelConfig(32, 128, 8, 3, fast_keys_by_row=True, near_in_bounds=True),
         "backward_q": KernelConfig(128, 64, 8, 3),
     },
 }
@@ -512,9 +517,8 @@ def _backward_kv_range(
     LSE, DELTA, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, DBIAS,
     stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles,
     bias_tile_lo, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr,
-    BLOCK_DIAGONALS: tl.constexpr, FAST_KEYS_BY_ROW: tl.constexpr,
-    FAST: tl.constexpr, FAR_AFTER: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr,
-    ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_DIAGONALS: tl.constexpr, FAST_KEYS_BY_ROW: tl.constexpr, FAST: tl.constexpr, IN_BOUNDS: tl.constexpr,
+    FAR_AFTER: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     # The near tiles stay query by row: their diagonal sums read the tile skewed by query.
@@ -526,7 +530,7 @@ def _backward_kv_range(
         )  # fmt: skip
         offs_m = start_m + offs_m_block
         row_ok = offs_m < seq_m
-        if FAST:
+        if IN_BOUNDS:
             q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=d_ok, other=0.0)
             do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=d_ok, other=0.0)
             lse = tl.load(LSE + batch_head * seq_m + offs_m)
@@ -537,11 +541,11 @@ def _backward_kv_range(
             do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=q_mask, other=0.0)
             lse = tl.load(LSE + batch_head * seq_m + offs_m, mask=row_ok, other=float("inf"))
             delta = tl.load(DELTA + batch_head * seq_m + offs_m, mask=row_ok, other=0.0)
-        # In bounds: the fast tiles only. Without their bounds masks the near tiles measured slower here at D = 64.
         s = _scores(
             q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
             relative_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-            seq_m, BLOCK_M, BLOCK_N, FAST, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION, KEYS_BY_ROW,
+            seq_m, BLOCK_M, BLOCK_N, IN_BOUNDS, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+            KEYS_BY_ROW,
         )  # fmt: skip
         if KEYS_BY_ROW:
             # Keys by row, the layout of Triton's fused-attention tutorial: the probabilities and score gradients
@@ -657,6 +661,7 @@ def _backward_kv_kernel(
     TILE_STEP: tl.constexpr,
     BLOCK_DIAGONALS: tl.constexpr,
     FAST_KEYS_BY_ROW: tl.constexpr,
+    NEAR_IN_BOUNDS: tl.constexpr,
     BIAS_KIND: tl.constexpr,
     BIAS_GRAD: tl.constexpr,
     ALIBI_ASYMMETRIC: tl.constexpr,
@@ -705,6 +710,8 @@ def _backward_kv_kernel(
         start_n, seq_m, seq_n, query_offset, max_distance, BLOCK_M, BLOCK_N, BIAS_KIND, CAUSAL
     )
     # The ranges in turn; the even ones are fast (whole tiles, one far bias value), the first far after the keys.
+    # Without a causal mask the near range (the second) ends at the last whole query tile, and a ragged key block has
+    # only the last range: it lies inside both sequences.
     bounds = (lo, fast_after_end, general_end, fast_before_end, seq_m)
     far_biases = (bias_after, 0.0, bias_before, 0.0)
     for segment in tl.static_range(4):
@@ -714,8 +721,9 @@ def _backward_kv_kernel(
             seq_n, stride_qm, stride_dom, qk_scale, query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b,
             BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h,
             stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM,
-            BLOCK_M, BLOCK_N, TILE_STEP, BLOCK_DIAGONALS, FAST_KEYS_BY_ROW, segment % 2 == 0, segment == 0, BIAS_KIND,
-            BIAS_GRAD, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+            BLOCK_M, BLOCK_N, TILE_STEP, BLOCK_DIAGONALS, FAST_KEYS_BY_ROW, segment % 2 == 0,
+            segment % 2 == 0 or (segment == 1 and NEAR_IN_BOUNDS and not CAUSAL), segment == 0, BIAS_KIND, BIAS_GRAD,
+            ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
 
     if BIAS_GRAD:
@@ -1034,7 +1042,7 @@ def _backward(
         heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=tile_step,
         BLOCK_DIAGONALS=triton.next_power_of_2(config.block_m + config.block_n), BIAS_GRAD=bias_grad,
-        FAST_KEYS_BY_ROW=config.fast_keys_by_row, **common,
+        FAST_KEYS_BY_ROW=config.fast_keys_by_row, NEAR_IN_BOUNDS=config.near_in_bounds, **common,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
 
