@@ -1194,10 +1194,20 @@ def relative_bias_by_distance(
     Gathered from the (buckets, heads) table with T5's own bucketing, so autograd takes the kernel's gradient back to
     the table.
     """
-    far = far_distance(num_buckets, max_distance, bidirectional)
-    relative = torch.arange(-far, far + 1, device=relative_attention_bias.device)
-    buckets = relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+    # Cached in eager mode: the bucketing is a dozen small kernels a call; under torch.compile it fuses into one.
+    buckets_of = _distance_buckets if torch.compiler.is_compiling() else _cached_distance_buckets
+    buckets = buckets_of(num_buckets, max_distance, bidirectional, relative_attention_bias.device)
     return relative_attention_bias.float()[buckets].t().contiguous()
+
+
+def _distance_buckets(num_buckets: int, max_distance: int, bidirectional: bool, device: torch.device) -> torch.Tensor:
+    """T5's bucket of every relative position in [-far, far], far = `far_distance(...)`."""
+    far = far_distance(num_buckets, max_distance, bidirectional)
+    relative = torch.arange(-far, far + 1, device=device)
+    return relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+
+
+_cached_distance_buckets = functools.lru_cache(maxsize=64)(_distance_buckets)
 
 
 def dense_bias(bias_kind, bias, seq_m, seq_n, query_offset, max_distance, alibi_asymmetric, device):
