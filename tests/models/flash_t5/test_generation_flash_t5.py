@@ -1,7 +1,10 @@
 """Generation with FAT5: the cache changes nothing but the cost, batching with padding changes nothing at all."""
 
+import warnings
+
 import pytest
 import torch
+from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from fat5 import FlashT5Config, FlashT5ForConditionalGeneration
 
@@ -78,6 +81,37 @@ def test_cached_logits_equal_full_forward():
         step = model(encoder_outputs=encoder_outputs, decoder_input_ids=decoder_input_ids[:, 4:], cache=cache)
     torch.testing.assert_close(prefix.logits, full[:, :4], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(step.logits, full[:, 4:], rtol=1e-5, atol=1e-5)
+
+
+def test_generate_warns_of_no_deprecation():
+    """`generate` passes the cache under the name its transformers uses (`past_key_values` before the rename to
+    `cache`): nothing the user did is deprecated."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        tiny_model().generate(encoder_inputs(), **GREEDY)
+
+
+def test_past_key_values_is_the_old_name_of_cache():
+    """The same step under either name; the old one warns only where transformers has the new one."""
+    model = tiny_model()
+    input_ids = encoder_inputs()
+    decoder_input_ids = torch.randint(2, VOCAB, (3, 6))
+    with torch.no_grad():
+        encoder_outputs = model.get_encoder()(input_ids=input_ids)
+
+        def step(cache_argument):
+            prefix = model(encoder_outputs=encoder_outputs, decoder_input_ids=decoder_input_ids[:, :4], use_cache=True)
+            cache = prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values
+            rest = decoder_input_ids[:, 4:]
+            return model(encoder_outputs=encoder_outputs, decoder_input_ids=rest, **{cache_argument: cache}).logits
+
+        expected = step("cache")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            old_name = step("past_key_values")
+    torch.testing.assert_close(old_name, expected, rtol=0, atol=0)
+    deprecations = [w for w in caught if issubclass(w.category, FutureWarning) and "past_key_values" in str(w.message)]
+    assert len(deprecations) == (1 if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else 0)
 
 
 def test_beam_search_is_exhaustive_with_enough_beams():

@@ -48,8 +48,12 @@ from .configuration_flash_t5 import FlashT5Config
 
 logger = logging.get_logger(__name__)
 
-# transformers renamed the cache field of model outputs from `past_key_values` to `cache`; support both.
-_CACHE_OUTPUT_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+# transformers renamed the cache argument and output field from `past_key_values` to `cache`; support both. Before the
+# rename its `generate` passes `past_key_values`, which is then no deprecated use: deprecate_kwarg takes it as `cache`
+# without a warning when its removal version is taken as reached.
+_CACHE_RENAMED = "cache" in Seq2SeqLMOutput.__dataclass_fields__
+_CACHE_OUTPUT_FIELD = "cache" if _CACHE_RENAMED else "past_key_values"
+_PAST_KEY_VALUES_REMOVAL = "5.40.0" if _CACHE_RENAMED else "5.0.0"
 
 
 class FlashT5LayerNorm(nn.Module):
@@ -300,7 +304,7 @@ class FlashT5Attention(nn.Module):
         bias = -half_slopes[:, None, None] * distance.abs()
         return bias.masked_fill(blocked, float("-inf")).unsqueeze(0)
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("past_key_values", _PAST_KEY_VALUES_REMOVAL, new_name="cache")
     def forward(
         self,
         hidden_states,
@@ -404,7 +408,7 @@ class FlashT5LayerSelfAttention(nn.Module):
         self.layer_norm = FlashT5LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("past_key_values", _PAST_KEY_VALUES_REMOVAL, new_name="cache")
     def forward(
         self,
         hidden_states,
@@ -432,7 +436,7 @@ class FlashT5LayerCrossAttention(nn.Module):
         self.layer_norm = FlashT5LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.dropout = nn.Dropout(config.dropout_rate)
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("past_key_values", _PAST_KEY_VALUES_REMOVAL, new_name="cache")
     def forward(
         self,
         hidden_states,
@@ -461,7 +465,7 @@ class FlashT5Block(GradientCheckpointingLayer):
             self.layer.append(FlashT5LayerCrossAttention(config, layer_idx=layer_idx))
         self.layer.append(FlashT5LayerFF(config))
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("past_key_values", _PAST_KEY_VALUES_REMOVAL, new_name="cache")
     def forward(
         self,
         hidden_states,
@@ -681,7 +685,7 @@ class FlashT5Stack(FlashT5PreTrainedModel):
     @merge_with_config_defaults
     @capture_outputs
     @auto_docstring
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("past_key_values", _PAST_KEY_VALUES_REMOVAL, new_name="cache")
     def forward(
         self,
         input_ids=None,
@@ -810,7 +814,7 @@ class FlashT5Model(FlashT5PreTrainedModel):
 
     @can_return_tuple
     @auto_docstring
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("past_key_values", _PAST_KEY_VALUES_REMOVAL, new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -911,7 +915,7 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
 
     @can_return_tuple
     @auto_docstring
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("past_key_values", _PAST_KEY_VALUES_REMOVAL, new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
