@@ -142,7 +142,8 @@ def _scores(
 
     An IN_BOUNDS tile lies inside both sequences and wholly on one side of the causal diagonal: no bounds, causal or
     relative position arithmetic per score. `relative_bias` is the T5 bias (log2 domain): one value beyond
-    max_distance, or the tile's from `_near_bias_tile`.
+    max_distance, or the tile's from `_near_bias_tile`; in the backward's fast tiles, that one value less each query's
+    log-sum-exp (a column or a row).
     """
     if KEYS_BY_ROW:
         query_index = offs_m[None, :]
@@ -523,6 +524,9 @@ def _backward_kv_range(
     d_ok = offs_d[None, :] < HEAD_DIM
     # The near tiles stay query by row: their diagonal sums read the tile skewed by query.
     KEYS_BY_ROW: tl.constexpr = FAST_KEYS_BY_ROW if FAST else False
+    # A fast T5 tile's one bias value and each query's log-sum-exp make one shift a query, added to the scores in
+    # their product's scaling (one operation a score less).
+    SHIFT_IN_SCORES: tl.constexpr = FAST and BIAS_KIND == 1
     for start_m in range(lo, hi, BLOCK_M):
         relative_bias = _bias_of_tile(
             BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n, query_offset, far_bias, BLOCK_M, BLOCK_N,
@@ -541,16 +545,23 @@ def _backward_kv_range(
             do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=q_mask, other=0.0)
             lse = tl.load(LSE + batch_head * seq_m + offs_m, mask=row_ok, other=float("inf"))
             delta = tl.load(DELTA + batch_head * seq_m + offs_m, mask=row_ok, other=0.0)
+        if SHIFT_IN_SCORES:
+            relative_bias = (far_bias - lse)[None, :] if KEYS_BY_ROW else (far_bias - lse)[:, None]
         s = _scores(
             q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
             relative_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
             seq_m, BLOCK_M, BLOCK_N, IN_BOUNDS, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
             KEYS_BY_ROW,
         )  # fmt: skip
+        if SHIFT_IN_SCORES:
+            p = tl.exp2(s)
+        elif KEYS_BY_ROW:
+            p = tl.exp2(s - lse[None, :])
+        else:
+            p = tl.exp2(s - lse[:, None])
         if KEYS_BY_ROW:
             # Keys by row, the layout of Triton's fused-attention tutorial: the probabilities and score gradients
             # come out of their products as the dK and dV products take them, with no transpose of a register tile.
-            p = tl.exp2(s - lse[None, :])
             dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)
             # Issued after dp's product (which waits for every product in flight): dv's runs while ds is computed.
             dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
@@ -559,7 +570,6 @@ def _backward_kv_range(
             query_index = offs_m[None, :]
             key_index = offs_n[:, None]
         else:
-            p = tl.exp2(s - lse[:, None])
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
             # Gradient of the natural-domain scores (scale * q.k + bias): also the gradient of the bias.
@@ -747,19 +757,24 @@ def _backward_q_range(
     HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
+    # As in the key/value kernel: a fast T5 tile's bias and the log-sum-exp shift the scores in one operation.
+    SHIFT_IN_SCORES: tl.constexpr = FAST and BIAS_KIND == 1
     for start_n in range(lo, hi, BLOCK_N):
-        # Loaded in turn, not a tile ahead as in the forward: ahead, the backward measured slower at N = 1024.
-        relative_bias = _bias_of_tile(
-            BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n, query_offset, far_bias, BLOCK_M, BLOCK_N,
-            TILE_STEP, FAST, BIAS_KIND,
-        )  # fmt: skip
+        if SHIFT_IN_SCORES:
+            relative_bias = (far_bias - lse)[:, None]
+        else:
+            # Loaded in turn, not a tile ahead as in the forward: ahead, the backward measured slower at N = 1024.
+            relative_bias = _bias_of_tile(
+                BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n, query_offset, far_bias, BLOCK_M,
+                BLOCK_N, TILE_STEP, FAST, BIAS_KIND,
+            )  # fmt: skip
         k, v, s = _key_tile(
             q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads, seq_m,
             seq_n, stride_kn, stride_vn, qk_scale, query_offset, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
             stride_bias_h, stride_bias_m, stride_bias_n, relative_bias, BLOCK_M, BLOCK_N, IN_BOUNDS, BIAS_KIND,
             ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
-        p = tl.exp2(s - lse[:, None])
+        p = tl.exp2(s) if SHIFT_IN_SCORES else tl.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
