@@ -519,7 +519,8 @@ def _backward_kv_range(
     stride_dbias_b, stride_dbias_h, stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles,
     bias_tile_lo, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr,
     BLOCK_DIAGONALS: tl.constexpr, FAST_KEYS_BY_ROW: tl.constexpr, FAST: tl.constexpr, IN_BOUNDS: tl.constexpr,
-    FAR_AFTER: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    FAR_AFTER: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     # The near tiles stay query by row: their diagonal sums read the tile skewed by query.
@@ -528,10 +529,11 @@ def _backward_kv_range(
     # their product's scaling (one operation a score less).
     SHIFT_IN_SCORES: tl.constexpr = FAST and BIAS_KIND == 1
     for start_m in range(lo, hi, BLOCK_M):
-        relative_bias = _bias_of_tile(
-            BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n, query_offset, far_bias, BLOCK_M, BLOCK_N,
-            TILE_STEP, FAST, BIAS_KIND,
-        )  # fmt: skip
+        if not SHIFT_IN_SCORES:
+            relative_bias = _bias_of_tile(
+                BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n, query_offset, far_bias, BLOCK_M,
+                BLOCK_N, TILE_STEP, FAST, BIAS_KIND,
+            )  # fmt: skip
         offs_m = start_m + offs_m_block
         row_ok = offs_m < seq_m
         if IN_BOUNDS:
@@ -917,6 +919,19 @@ def _tile_layout(max_distance: int, query_offset: int, block_m: int, block_n: in
     return step, lo, (hi - lo) // step + 1
 
 
+def _cached_in_eager_mode(function):
+    """`function`, its results cached in eager mode. Under torch.compile it runs as it is, for dynamo to trace (or to
+    take as a constant) rather than to trace into a cache."""
+    cached = functools.lru_cache(maxsize=64)(function)
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        return function(*args, **kwargs) if torch.compiler.is_compiling() else cached(*args, **kwargs)
+
+    return call
+
+
+@_cached_in_eager_mode
 def _tile_index(
     max_distance: int, query_offset: int, block_m: int, block_n: int, device: torch.device
 ) -> torch.Tensor:
@@ -929,9 +944,6 @@ def _tile_index(
         - torch.arange(block_m, device=device)[None, :, None]
     )
     return relative.clamp(-max_distance, max_distance) + max_distance
-
-
-_cached_tile_index = functools.lru_cache(maxsize=64)(_tile_index)
 
 
 def relative_bias_tiles(
@@ -957,12 +969,11 @@ def relative_bias_tiles(
     if input_dtype != torch.float32:
         half_max = torch.finfo(torch.float16).max
         scaled = scaled.clamp(-half_max, half_max).to(torch.float16)
-    index = _tile_index if torch.compiler.is_compiling() else _cached_tile_index
     tiles = {}
     for config in configs.values():
         shape = (config.block_m, config.block_n)
         if shape not in tiles:
-            tiles[shape] = scaled[:, index(max_distance, query_offset, *shape, by_distance.device)]
+            tiles[shape] = scaled[:, _tile_index(max_distance, query_offset, *shape, by_distance.device)]
     forward, backward_kv, backward_q = (configs[name] for name in ("forward", "backward_kv", "backward_q"))
     return tuple(tiles[(config.block_m, config.block_n)] for config in (forward, backward_kv, backward_q))
 
@@ -1175,6 +1186,8 @@ def _backward_from_autograd(ctx, grad_out, _grad_lse):
 attention_forward_op.register_autograd(_backward_from_autograd, setup_context=_setup_context)
 
 
+@_cached_in_eager_mode
+@torch.compiler.assume_constant_result
 def far_distance(num_buckets: int, max_distance: int, bidirectional: bool) -> int:
     """A distance in [1, max_distance] from which every farther relative position, on each side, has the bucket of
     max_distance: the kernels add one bias value per side from there on, and the fewer positions before it, the
@@ -1182,22 +1195,14 @@ def far_distance(num_buckets: int, max_distance: int, bidirectional: bool) -> in
 
     The last position that T5's bucketing (float32, on the CPU) puts in an earlier bucket, plus two: one to reach the
     first far position, one more in case a device's float32 log puts that position in the earlier bucket.
+
+    A constant to torch.compile, which would otherwise trace the bucketing.
     """
-    # A constant to torch.compile, which would otherwise trace the bucketing; cached in eager mode.
-    compute = _far_distance if torch.compiler.is_compiling() else _cached_far_distance
-    return compute(num_buckets, max_distance, bidirectional)
-
-
-@torch.compiler.assume_constant_result
-def _far_distance(num_buckets: int, max_distance: int, bidirectional: bool) -> int:
     relative = torch.arange(-max_distance, max_distance + 1)
     buckets = relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
     near = ((relative < 0) & (buckets != buckets[0])) | ((relative > 0) & (buckets != buckets[-1]))
     last_near = int(relative[near].abs().max()) if near.any() else 0
     return min(last_near + 2, max_distance)
-
-
-_cached_far_distance = functools.cache(_far_distance)
 
 
 def relative_bias_by_distance(
@@ -1209,20 +1214,17 @@ def relative_bias_by_distance(
     Gathered from the (buckets, heads) table with T5's own bucketing, so autograd takes the kernel's gradient back to
     the table.
     """
-    # Cached in eager mode: the bucketing is a dozen small kernels a call; under torch.compile it fuses into one.
-    buckets_of = _distance_buckets if torch.compiler.is_compiling() else _cached_distance_buckets
-    buckets = buckets_of(num_buckets, max_distance, bidirectional, relative_attention_bias.device)
+    buckets = _distance_buckets(num_buckets, max_distance, bidirectional, relative_attention_bias.device)
     return relative_attention_bias.float()[buckets].t().contiguous()
 
 
+# Cached in eager mode: the bucketing is a dozen small kernels a call; under torch.compile it fuses into one.
+@_cached_in_eager_mode
 def _distance_buckets(num_buckets: int, max_distance: int, bidirectional: bool, device: torch.device) -> torch.Tensor:
     """T5's bucket of every relative position in [-far, far], far = `far_distance(...)`."""
     far = far_distance(num_buckets, max_distance, bidirectional)
     relative = torch.arange(-far, far + 1, device=device)
     return relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
-
-
-_cached_distance_buckets = functools.lru_cache(maxsize=64)(_distance_buckets)
 
 
 def dense_bias(bias_kind, bias, seq_m, seq_n, query_offset, max_distance, alibi_asymmetric, device):
