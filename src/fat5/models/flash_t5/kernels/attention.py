@@ -761,10 +761,10 @@ def _backward_q_range(
     d_ok = offs_d[None, :] < HEAD_DIM
     # As in the key/value kernel: a fast T5 tile's bias and the log-sum-exp shift the scores in one operation.
     SHIFT_IN_SCORES: tl.constexpr = FAST and BIAS_KIND == 1
+    if SHIFT_IN_SCORES:
+        relative_bias = (far_bias - lse)[:, None]
     for start_n in range(lo, hi, BLOCK_N):
-        if SHIFT_IN_SCORES:
-            relative_bias = (far_bias - lse)[:, None]
-        else:
+        if not SHIFT_IN_SCORES:
             # Loaded in turn, not a tile ahead as in the forward: ahead, the backward measured slower at N = 1024.
             relative_bias = _bias_of_tile(
                 BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n, query_offset, far_bias, BLOCK_M,
