@@ -305,9 +305,12 @@ def _forward_range(
     BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr, FAST: tl.constexpr,
     IN_BOUNDS: tl.constexpr, BIAS_KIND: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
+    # A fast T5 tile's scores differ from its products by one scale and one bias value: with a positive scale the row
+    # maximum of the products gives theirs, and scale, bias and maximum go into one multiply-add a score.
+    SHIFT_IN_SCORES: tl.constexpr = FAST and BIAS_KIND == 1 and SCALE_POSITIVE
     next_bias = _bias_of_tile(
         BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, lo, query_offset, far_bias, BLOCK_M, BLOCK_N,
         TILE_STEP, FAST, BIAS_KIND,
@@ -319,16 +322,27 @@ def _forward_range(
             BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n + BLOCK_N, query_offset, far_bias,
             BLOCK_M, BLOCK_N, TILE_STEP, FAST, BIAS_KIND,
         )  # fmt: skip
-        k, v, s = _key_tile(
-            q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads, seq_m,
-            seq_n, stride_kn, stride_vn, qk_scale, query_offset, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
-            stride_bias_h, stride_bias_m, stride_bias_n, relative_bias, BLOCK_M, BLOCK_N, IN_BOUNDS, BIAS_KIND,
-            ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-        )  # fmt: skip
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row with no unmasked key yet keeps m = -inf; subtract 0 there so that exp2 gives 0, not NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
+        if SHIFT_IN_SCORES:
+            k, v, products = _key_tile(
+                q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads,
+                seq_m, seq_n, stride_kn, stride_vn, 1.0, query_offset, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
+                stride_bias_h, stride_bias_m, stride_bias_n, 0.0, BLOCK_M, BLOCK_N, IN_BOUNDS, 0, ALIBI_ASYMMETRIC,
+                CAUSAL, HAS_KEY_MASK, PRECISION,
+            )  # fmt: skip
+            m_new = tl.maximum(m_i, tl.max(products, 1) * qk_scale + relative_bias)
+            # A row with no unmasked key yet keeps m = -inf; subtract 0 there so that exp2 gives 0, not NaN.
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(products * qk_scale + (relative_bias - m_safe)[:, None])
+        else:
+            k, v, s = _key_tile(
+                q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads,
+                seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, KEY_MASK, stride_mask_b, BIAS,
+                stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, relative_bias, BLOCK_M, BLOCK_N, IN_BOUNDS,
+                BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+            )  # fmt: skip
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
@@ -381,6 +395,7 @@ def _forward_kernel(
     CAUSAL: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
+    SCALE_POSITIVE: tl.constexpr,
 ):
     # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
@@ -420,7 +435,7 @@ def _forward_kernel(
             query_offset, max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
             stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
             segment % 2 == 0, segment % 2 == 0 or (segment == 1 and not CAUSAL), BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL,
-            HAS_KEY_MASK, PRECISION,
+            HAS_KEY_MASK, PRECISION, SCALE_POSITIVE,
         )  # fmt: skip
 
     empty = l_i == 0.0
@@ -1004,7 +1019,7 @@ def _forward(q, k, v, key_mask, bias, tiles, bias_kind, scale, causal, alibi_asy
         heads, seq_m, seq_n, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
         HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=config.block_m,
         BLOCK_N=config.block_n, TILE_STEP=tile_step, BIAS_KIND=bias_kind, ALIBI_ASYMMETRIC=alibi_asymmetric,
-        CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, PRECISION=_precision(q.dtype),
+        CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, PRECISION=_precision(q.dtype), SCALE_POSITIVE=scale > 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out, lse
