@@ -211,6 +211,26 @@ def test_dense_bias_and_its_gradient(poison, kv_layout, causal):
     check(actual, [expected, *torch.autograd.grad(expected, leaves, grad.double())], 1e-5)
 
 
+@pytest.mark.parametrize(
+    "seq_m,seq_n,causal,lengths,scale",
+    [
+        (37, 37, False, (37, 21), 0.5),
+        (45, 45, True, (45, 30), 0.5),
+        (20, 45, True, None, 0.5),
+        # A negative scale: the row maximum of the scores is not that of the products.
+        (37, 37, False, (37, 21), -0.5),
+    ],
+    ids=["encoder-padded", "decoder-padded", "decoder-cached-keys", "negative-scale"],
+)
+def test_self_attention_without_bias(poison, kv_layout, seq_m, seq_n, causal, lengths, scale):
+    q, k, v = inputs(2, 3, seq_m, seq_n, 32, torch.float32, seed=6)
+    mask = padding_mask(2, seq_n, lengths) if lengths else None
+    offset = seq_n - seq_m
+    kernel_kwargs = {"is_causal": causal, "query_offset": offset}
+    actual, expected = run_both(kernel_kwargs, {"causal": causal, "offset": offset}, q, k, v, scale, mask=mask)
+    check(actual, expected, 1e-5)
+
+
 def test_cross_attention_without_bias(poison):
     q, k, v = inputs(2, 2, 19, 40, 32, torch.float32, seed=3)
     mask = padding_mask(2, 40, (40, 26))
