@@ -540,9 +540,11 @@ def _backward_kv_range(
     d_ok = offs_d[None, :] < HEAD_DIM
     # The near tiles stay query by row: their diagonal sums read the tile skewed by query.
     KEYS_BY_ROW: tl.constexpr = FAST_KEYS_BY_ROW if FAST else False
-    # A fast T5 tile's one bias value and each query's log-sum-exp make one shift a query, added to the scores in
-    # their product's scaling (one operation a score less).
-    SHIFT_IN_SCORES: tl.constexpr = FAST and BIAS_KIND == 1
+    # A bias-free or fast T5 tile's one bias value (0 without a bias) and each query's log-sum-exp make one shift a
+    # query, added to the scores in their product's scaling (one operation a score less); the shift enters the scores
+    # as T5's bias does.
+    SHIFT_IN_SCORES: tl.constexpr = BIAS_KIND == 0 or (FAST and BIAS_KIND == 1)
+    SCORE_BIAS_KIND: tl.constexpr = 1 if SHIFT_IN_SCORES else BIAS_KIND
     for start_m in range(lo, hi, BLOCK_M):
         if not SHIFT_IN_SCORES:
             relative_bias = _bias_of_tile(
@@ -567,7 +569,7 @@ def _backward_kv_range(
         s = _scores(
             q, k, start_m, start_n, offs_m, offs_n, batch, head, num_heads, seq_n, qk_scale, query_offset,
             relative_bias, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n,
-            seq_m, BLOCK_M, BLOCK_N, IN_BOUNDS, BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+            seq_m, BLOCK_M, BLOCK_N, IN_BOUNDS, SCORE_BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
             KEYS_BY_ROW,
         )  # fmt: skip
         if SHIFT_IN_SCORES:
@@ -774,8 +776,10 @@ def _backward_q_range(
     HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
-    # As in the key/value kernel: a fast T5 tile's bias and the log-sum-exp shift the scores in one operation.
-    SHIFT_IN_SCORES: tl.constexpr = FAST and BIAS_KIND == 1
+    # As in the key/value kernel: a bias-free or fast T5 tile's bias and the log-sum-exp shift the scores in one
+    # operation.
+    SHIFT_IN_SCORES: tl.constexpr = BIAS_KIND == 0 or (FAST and BIAS_KIND == 1)
+    SCORE_BIAS_KIND: tl.constexpr = 1 if SHIFT_IN_SCORES else BIAS_KIND
     if SHIFT_IN_SCORES:
         relative_bias = (far_bias - lse)[:, None]
     for start_n in range(lo, hi, BLOCK_N):
@@ -788,7 +792,7 @@ def _backward_q_range(
         k, v, s = _key_tile(
             q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads, seq_m,
             seq_n, stride_kn, stride_vn, qk_scale, query_offset, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
-            stride_bias_h, stride_bias_m, stride_bias_n, relative_bias, BLOCK_M, BLOCK_N, IN_BOUNDS, BIAS_KIND,
+            stride_bias_h, stride_bias_m, stride_bias_n, relative_bias, BLOCK_M, BLOCK_N, IN_BOUNDS, SCORE_BIAS_KIND,
             ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
         p = tl.exp2(s) if SHIFT_IN_SCORES else tl.exp2(s - lse[:, None])
