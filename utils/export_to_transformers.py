@@ -62,7 +62,7 @@ KERNELS_NOTE = (
     '`attn_implementation="<org>/fat5-kernels"`, registered through `AttentionInterface` / '
     "`AttentionMaskInterface`, with the RMSNorm and loss as `kernelize` layers), not in the transformers tree."
 )
-CONVERSION_MARKER = "# FAT5 (flash_t5): load-only renamings of the reference implementation's checkpoint keys"
+CONVERSION_MARKER = "# FAT5 (flash_t5): the reference implementation's checkpoint keys, FIRE's scalars"
 # `fat5` as a word of its own (not `fat5_model`, not `flan-t5-base-fat5`).
 FAT5_WORD = re.compile(r"(?<![\w-])fat5(?![\w-])")
 
@@ -566,9 +566,9 @@ def register_checkpoint_conversion(package: Path, result: ExportResult) -> None:
         return
     block = (
         f"    {CONVERSION_MARKER}\n"
-        "    from .models.flash_t5.checkpoint_conversion import legacy_weight_renamings\n"
+        "    from .models.flash_t5.checkpoint_conversion import weight_conversions\n"
         "\n"
-        f'    mapping["{MODEL_TYPE}"] = legacy_weight_renamings()\n'
+        f'    mapping["{MODEL_TYPE}"] = weight_conversions()\n'
         "\n"
     )
     anchor = re.search(r"^    for model_type, base_pattern in _MODEL_TO_CONVERSION_PATTERN\.items\(\):$", text, re.M)

@@ -85,17 +85,7 @@ def one_process_group():
     torch.distributed.destroy_process_group()
 
 
-FIRE_SCALARS = pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="fully_shard refuses 0-dimensional parameters, and FIRE's distance scale and threshold multiplier are "
-    "scalars, as in the reference checkpoints",
-)
-
-
-@pytest.mark.parametrize(
-    "encoding", [pytest.param(name, marks=FIRE_SCALARS) if name == "fire" else name for name in POSITION_ENCODINGS]
-)
+@pytest.mark.parametrize("encoding", list(POSITION_ENCODINGS))
 def test_fsdp2_training_step_matches_sdpa(one_process_group, encoding):
     """Each FlashT5Block sharded as its own FSDP2 unit, as `examples/accelerate/fsdp.yaml` wraps them: FSDP frees a
     layer's gathered parameters after its forward, and the later layers still take the stack's position bias."""

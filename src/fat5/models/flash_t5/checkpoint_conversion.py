@@ -19,15 +19,17 @@ code) and its own state-dict names (`...self_attention_layer.self_attention.Wq.w
 ...). Two functions bring them to the native format at load time:
 
 - [`legacy_config_to_native`] maps a config dict (called by `FlashT5Config.from_dict`);
-- [`register_legacy_checkpoint_conversion`] registers key renamings with transformers' weight-conversion mechanism
-  (`transformers.conversion_mapping`), keyed by the model type `flash_t5`. The renamings are load-only: saving writes
-  native names, never the legacy ones.
+- [`register_legacy_checkpoint_conversion`] registers [`weight_conversions`] with transformers' weight-conversion
+  mechanism (`transformers.conversion_mapping`), keyed by the model type `flash_t5`: the key renamings, load-only
+  (saving writes native names, never the legacy ones), and FIRE's two scalars, which the model holds as one-element
+  vectors and every checkpoint, native or reference, stores as 0-dim tensors.
 """
 
 import math
 
+import torch
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-from transformers.core_model_loading import WeightRenaming
+from transformers.core_model_loading import ConversionOps, WeightConverter, WeightRenaming
 from transformers.utils import logging
 
 
@@ -207,6 +209,34 @@ def legacy_weight_renamings() -> list[WeightRenaming]:
     return [LoadOnlyWeightRenaming(source, target) for source, target in patterns]
 
 
+class Reshape(ConversionOps):
+    """Loads a checkpoint tensor in another shape with the same elements; saving reshapes it back."""
+
+    def __init__(self, saved_shape: tuple[int, ...], model_shape: tuple[int, ...]):
+        self.saved_shape = saved_shape
+        self.model_shape = model_shape
+
+    @torch.no_grad()
+    def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
+        tensors = next(iter(input_dict.values()))
+        tensor = tensors[0] if isinstance(tensors, list) else tensors
+        return {target_patterns[0]: tensor.reshape(self.model_shape)}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return Reshape(self.model_shape, self.saved_shape)
+
+
+def weight_conversions() -> list[WeightRenaming | WeightConverter]:
+    """Everything `flash_t5` checkpoints go through at load time: the reference's key renamings, then FIRE's scalars
+    from 0-dim tensors to the model's one-element vectors (FSDP2 refuses 0-dim parameters), reversed when saving."""
+    fire_scalars = [
+        WeightConverter(name, name, [Reshape((), (1,))])
+        for name in ("fire.distance_scale", "fire.threshold_multiplier")
+    ]
+    return [*legacy_weight_renamings(), *fire_scalars]
+
+
 def convert_legacy_state_dict(state_dict: dict) -> dict:
     """Renames the keys of a reference FAT5 state dict to the native names (offline equivalent of the load-time
     conversion)."""
@@ -220,8 +250,8 @@ def convert_legacy_state_dict(state_dict: dict) -> dict:
 
 
 def register_legacy_checkpoint_conversion(model_type: str = "flash_t5") -> None:
-    """Registers the load-time renaming of reference FAT5 state-dict keys for `model_type` (idempotent)."""
-    register_checkpoint_conversion_mapping(model_type, legacy_weight_renamings(), overwrite=True)
+    """Registers [`weight_conversions`] for `model_type` (idempotent)."""
+    register_checkpoint_conversion_mapping(model_type, weight_conversions(), overwrite=True)
 
 
 __all__ = [
@@ -230,4 +260,5 @@ __all__ = [
     "legacy_config_to_native",
     "legacy_weight_renamings",
     "register_legacy_checkpoint_conversion",
+    "weight_conversions",
 ]
