@@ -209,6 +209,17 @@ def test_state_dict_renaming_covers_every_key():
             assert not any(fragment in key for fragment in LEGACY_KEY_FRAGMENTS), key
 
 
+def test_converted_legacy_state_dict_loads_as_from_pretrained():
+    reference = load_file(FIXTURES / "fire" / "model.safetensors")
+    model = FlashT5ForConditionalGeneration(FlashT5Config.from_pretrained(FIXTURES / "fire"))
+    missing, unexpected = model.load_state_dict(convert_legacy_state_dict(reference), strict=False)
+    # The stacks' embeddings are the shared one, which the checkpoint holds once.
+    assert not unexpected and set(missing) == {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
+    loaded = FlashT5ForConditionalGeneration.from_pretrained(FIXTURES / "fire")
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
 @pytest.mark.parametrize(
     "head_class, folder",
     [

@@ -209,6 +209,10 @@ def legacy_weight_renamings() -> list[WeightRenaming]:
     return [LoadOnlyWeightRenaming(source, target) for source, target in patterns]
 
 
+# FIRE's parameters that checkpoints store as 0-dim tensors and the model holds as one-element vectors.
+_FIRE_SCALARS = ("fire.distance_scale", "fire.threshold_multiplier")
+
+
 class Reshape(ConversionOps):
     """Loads a checkpoint tensor in another shape with the same elements; saving reshapes it back."""
 
@@ -230,21 +234,20 @@ class Reshape(ConversionOps):
 def weight_conversions() -> list[WeightRenaming | WeightConverter]:
     """Everything `flash_t5` checkpoints go through at load time: the reference's key renamings, then FIRE's scalars
     from 0-dim tensors to the model's one-element vectors (FSDP2 refuses 0-dim parameters), reversed when saving."""
-    fire_scalars = [
-        WeightConverter(name, name, [Reshape((), (1,))])
-        for name in ("fire.distance_scale", "fire.threshold_multiplier")
-    ]
+    fire_scalars = [WeightConverter(name, name, [Reshape((), (1,))]) for name in _FIRE_SCALARS]
     return [*legacy_weight_renamings(), *fire_scalars]
 
 
 def convert_legacy_state_dict(state_dict: dict) -> dict:
-    """Renames the keys of a reference FAT5 state dict to the native names (offline equivalent of the load-time
-    conversion)."""
+    """A reference FAT5 state dict in the model's names and shapes, for `load_state_dict` (offline equivalent of the
+    load-time conversion)."""
     renamings = legacy_weight_renamings()
     converted = {}
     for key, value in state_dict.items():
         for renaming in renamings:
             key, _ = renaming.rename_source_key(key)
+        if key.endswith(_FIRE_SCALARS) and isinstance(value, torch.Tensor):
+            value = value.reshape(1)
         converted[key] = value
     return converted
 
