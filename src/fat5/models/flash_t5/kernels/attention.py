@@ -142,8 +142,8 @@ def _scores(
 
     An IN_BOUNDS tile lies inside both sequences and wholly on one side of the causal diagonal: no bounds, causal or
     relative position arithmetic per score. `relative_bias` is the T5 bias (log2 domain): one value beyond
-    max_distance, or the tile's from `_near_bias_tile`; in the backward's fast tiles, that one value less each query's
-    log-sum-exp (a column or a row).
+    max_distance, or the tile's from `_near_bias_tile`; in the backward's fast T5 tiles and bias-free tiles, that one
+    value (0 without a bias) less each query's log-sum-exp (a column or a row).
     """
     if KEYS_BY_ROW:
         query_index = offs_m[None, :]
@@ -309,8 +309,11 @@ def _forward_range(
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     # A fast T5 tile's scores differ from its products by one scale and one bias value: with a positive scale the row
-    # maximum of the products gives theirs, and scale, bias and maximum go into one multiply-add a score.
+    # maximum of the products gives theirs, and scale, bias and maximum go into one multiply-add a score. Such a tile
+    # takes its unscaled, unbiased products from `_key_tile`.
     SHIFT_IN_SCORES: tl.constexpr = FAST and BIAS_KIND == 1 and SCALE_POSITIVE
+    product_scale = 1.0 if SHIFT_IN_SCORES else qk_scale
+    PRODUCT_BIAS_KIND: tl.constexpr = 0 if SHIFT_IN_SCORES else BIAS_KIND
     next_bias = _bias_of_tile(
         BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, lo, query_offset, far_bias, BLOCK_M, BLOCK_N,
         TILE_STEP, FAST, BIAS_KIND,
@@ -322,26 +325,21 @@ def _forward_range(
             BIAS_TILES, head, num_bias_tiles, bias_tile_lo, start_m, start_n + BLOCK_N, query_offset, far_bias,
             BLOCK_M, BLOCK_N, TILE_STEP, FAST, BIAS_KIND,
         )  # fmt: skip
+        k, v, s = _key_tile(
+            q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads, seq_m,
+            seq_n, stride_kn, stride_vn, product_scale, query_offset, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
+            stride_bias_h, stride_bias_m, stride_bias_n, relative_bias, BLOCK_M, BLOCK_N, IN_BOUNDS,
+            PRODUCT_BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+        )  # fmt: skip
         if SHIFT_IN_SCORES:
-            k, v, products = _key_tile(
-                q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads,
-                seq_m, seq_n, stride_kn, stride_vn, 1.0, query_offset, KEY_MASK, stride_mask_b, BIAS, stride_bias_b,
-                stride_bias_h, stride_bias_m, stride_bias_n, 0.0, BLOCK_M, BLOCK_N, IN_BOUNDS, 0, ALIBI_ASYMMETRIC,
-                CAUSAL, HAS_KEY_MASK, PRECISION,
-            )  # fmt: skip
-            m_new = tl.maximum(m_i, tl.max(products, 1) * qk_scale + relative_bias)
-            # A row with no unmasked key yet keeps m = -inf; subtract 0 there so that exp2 gives 0, not NaN.
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(products * qk_scale + (relative_bias - m_safe)[:, None])
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale + relative_bias)
         else:
-            k, v, s = _key_tile(
-                q, k_base, v_base, start_n, offs_n_block, offs_d, d_ok, start_m, offs_m, batch, head, num_heads,
-                seq_m, seq_n, stride_kn, stride_vn, qk_scale, query_offset, KEY_MASK, stride_mask_b, BIAS,
-                stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, relative_bias, BLOCK_M, BLOCK_N, IN_BOUNDS,
-                BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
-            )  # fmt: skip
             m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        # A row with no unmasked key yet keeps m = -inf; subtract 0 there so that exp2 gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        if SHIFT_IN_SCORES:
+            p = tl.exp2(s * qk_scale + (relative_bias - m_safe)[:, None])
+        else:
             p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
