@@ -17,6 +17,9 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="the fat5 attention kernels need Triton")
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
 from fat5.models.flash_t5.kernels import attention as A  # noqa: E402
 from fat5.models.flash_t5.modeling_flash_t5 import alibi_slopes, relative_position_bucket  # noqa: E402
 
@@ -28,8 +31,11 @@ class Module(torch.nn.Module):
     is_causal = False
 
 
-def reference_attention(q, k, v, scale, bias=None, key_mask=None, causal=False, offset=0, blocked=None):
-    """fp64 softmax attention with an additive bias; rows with no key to attend to give zeros."""
+def reference_attention(
+    q, k, v, scale, bias=None, key_mask=None, causal=False, offset=0, blocked=None, dropout_keep=None, dropout=0.0
+):
+    """fp64 softmax attention with an additive bias; rows with no key to attend to give zeros. `dropout_keep`
+    (batch, heads, query, key) replays a dropout mask: the kept probabilities are scaled by 1 / (1 - dropout)."""
     q, k, v = q.double(), k.double(), v.double()
     scores = q @ k.transpose(-1, -2) * scale
     if bias is not None:
@@ -45,6 +51,8 @@ def reference_attention(q, k, v, scale, bias=None, key_mask=None, causal=False, 
         allowed = allowed & key_mask[:, None, None, :]
     scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, -1).nan_to_num(0.0)
+    if dropout_keep is not None:
+        probs = probs * dropout_keep / (1.0 - dropout)
     return (probs @ v).transpose(1, 2)
 
 
@@ -292,8 +300,8 @@ def test_decode_step_takes_sdpa_with_the_same_result():
 
 
 def test_fallback_to_dense_bias_warns_but_decode_steps_do_not():
-    """Attention dropout sends a training call to SDPA with an N x N bias: the user hears of it (with the fix); a
-    decode step takes SDPA by design and says nothing."""
+    """A 4D mask sends a training call to SDPA with an N x N bias: the user hears of it; a decode step takes SDPA by
+    design and says nothing."""
     from transformers.testing_utils import CaptureLogger
     from transformers.utils import logging
 
@@ -305,8 +313,8 @@ def test_fallback_to_dense_bias_warns_but_decode_steps_do_not():
             A.fat5_attention(Module(), q[:, :, :1], k, v, None)
     assert captured.out == ""
     with CaptureLogger(logger) as captured:
-        out, _ = A.fat5_attention(Module(), q, k, v, None, dropout=0.1)
-    assert "for attention dropout in training" in captured.out and "dropout_rate = 0.0" in captured.out
+        out, _ = A.fat5_attention(Module(), q, k, v, torch.ones(1, 1, 20, 20, dtype=torch.bool, device=DEVICE))
+    assert "for a 4D attention mask" in captured.out and "square of the sequence length" in captured.out
     assert out.shape == (1, 20, 2, 16)
 
 
@@ -326,8 +334,9 @@ def test_bf16_under_the_interpreter_takes_sdpa():
     assert relative_error(out, reference_attention(q, k, v, 1.0)) < 1e-2
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.25], ids=["no-dropout", "dropout"])
 @pytest.mark.parametrize("bias_kind", ["relative", "dense", "none"])
-def test_opcheck(bias_kind):
+def test_opcheck(bias_kind, dropout):
     """The ops' registrations agree with their implementation (`torch.library.opcheck`): output shapes, dtypes and
     strides of the fake implementations (the traced implementation itself on a GPU), the autograd registration,
     and a trace under AOT dispatch."""
@@ -348,12 +357,144 @@ def test_opcheck(bias_kind):
     else:
         bias, kind = None, A.BIAS_NONE
     options = (kind, 0.25, causal, False, max_distance, 0)
-    torch.library.opcheck(torch.ops.fat5.attention_forward, (q, k, v, key_mask, bias, *tiles, *options))
+    seed = torch.tensor([99], dtype=torch.int64, device=DEVICE) if dropout else None
+    forward_args = (q, k, v, key_mask, bias, *tiles, *options, dropout, seed)
+    torch.library.opcheck(torch.ops.fat5.attention_forward, forward_args)
 
-    out, lse = torch.ops.fat5.attention_forward(q, k, v, key_mask, bias, *tiles, *options)
+    out, lse = torch.ops.fat5.attention_forward(*forward_args)
     grad_out = torch.randn_like(out)
     bias_grad = bias is not None
-    backward_args = (grad_out, q, k, v, out, lse, key_mask, bias, tiles[1], tiles[2], *options, bias_grad)
+    backward_args = (
+        grad_out,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        key_mask,
+        bias,
+        tiles[1],
+        tiles[2],
+        seed,
+        *options,
+        dropout,
+        bias_grad,
+    )
     torch.library.opcheck(
         torch.ops.fat5.attention_backward, tuple(a.detach() if torch.is_tensor(a) else a for a in backward_args)
     )
+
+
+@triton.jit
+def _keep_mask_kernel(SEED, KEEP, seq_m, seq_n, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    batch_head = tl.program_id(0)
+    query_index = tl.arange(0, BLOCK_M)[:, None]
+    key_index = tl.arange(0, BLOCK_N)[None, :]
+    keep = A._dropout_keep(tl.load(SEED), batch_head, query_index, key_index, seq_n, dropout_p)
+    in_bounds = (query_index < seq_m) & (key_index < seq_n)
+    tl.store(KEEP + (batch_head * seq_m + query_index) * seq_n + key_index, keep.to(tl.int8), mask=in_bounds)
+
+
+def kernel_keep_mask(seed, batch, heads, seq_m, seq_n, dropout):
+    """The dropout mask the kernels draw from `seed`, drawn through their own `_dropout_keep`: (batch, heads, query,
+    key), True = kept."""
+    keep = torch.zeros(batch, heads, seq_m, seq_n, dtype=torch.int8, device=DEVICE)
+    block_m, block_n = (max(16, triton.next_power_of_2(n)) for n in (seq_m, seq_n))
+    _keep_mask_kernel[(batch * heads,)](seed, keep, seq_m, seq_n, dropout, BLOCK_M=block_m, BLOCK_N=block_n)
+    return keep.bool()
+
+
+@pytest.fixture
+def fixed_dropout_seed(monkeypatch):
+    seed = torch.tensor([20261203], dtype=torch.int64, device=DEVICE)
+    monkeypatch.setattr(A, "draw_dropout_seed", lambda device: seed.to(device))
+    return seed
+
+
+@pytest.mark.parametrize(
+    "seq_m,seq_n,bidirectional,lengths",
+    [(37, 37, True, (37, 21)), (45, 45, False, (45, 30)), (20, 45, False, None), (100, 100, True, (100, 70))],
+    ids=["encoder-padded", "decoder-padded", "decoder-cached-keys", "encoder-far-tiles"],
+)
+def test_dropout_t5_gradients_replay_the_forward_mask(
+    poison, kv_layout, fixed_dropout_seed, seq_m, seq_n, bidirectional, lengths
+):
+    """Attention dropout with the T5 bias: output and every gradient (q, k, v, the bucket table) equal an fp64
+    computation that applies the kernels' own mask, so the backward kernels drew the forward's mask, in every kind of
+    tile (far, near, ragged) and both key/value layouts."""
+    num_buckets, max_distance, heads, dropout = 8, 12, 3, 0.3
+    q, k, v = inputs(2, heads, seq_m, seq_n, 32, torch.float32, seed=8)
+    table = torch.randn(num_buckets, heads, device=DEVICE).requires_grad_()
+    mask = padding_mask(2, seq_n, lengths) if lengths else None
+    causal, offset = not bidirectional, seq_n - seq_m
+    kernel_kwargs = {
+        "relative_attention_bias": table,
+        "relative_attention_num_buckets": num_buckets,
+        "relative_attention_max_distance": max_distance,
+        "bidirectional": bidirectional,
+        "is_causal": causal,
+        "query_offset": offset,
+        "dropout": dropout,
+    }
+    keep = kernel_keep_mask(fixed_dropout_seed, 2, heads, seq_m, seq_n, dropout)
+    reference_kwargs = {"causal": causal, "offset": offset, "dropout_keep": keep, "dropout": dropout}
+
+    def reference_bias(table64):
+        return t5_dense_bias(table64, seq_m, seq_n, offset, bidirectional, num_buckets, max_distance)
+
+    actual, expected = run_both(kernel_kwargs, reference_kwargs, q, k, v, 1.0, table, reference_bias, mask)
+    check(actual, expected, 1e-5)
+
+
+@pytest.mark.parametrize("bias_kind", ["alibi", "dense", "none"])
+def test_dropout_other_biases_replay_the_forward_mask(poison, kv_layout, fixed_dropout_seed, bias_kind):
+    """Attention dropout with ALiBi, a dense bias (and its gradient) and no bias (cross-attention, ragged lengths)."""
+    heads, seq_m, seq_n, dropout = 2, 33, 33 if bias_kind != "none" else 47, 0.2
+    q, k, v = inputs(2, heads, seq_m, seq_n, 16, torch.float32, seed=9)
+    mask = padding_mask(2, seq_n, (seq_n, 11))
+    keep = kernel_keep_mask(fixed_dropout_seed, 2, heads, seq_m, seq_n, dropout)
+    relative = torch.arange(seq_n, device=DEVICE)[None, :] - torch.arange(seq_m, device=DEVICE)[:, None]
+    bias_leaf, reference_bias, kernel_kwargs = None, None, {"dropout": dropout}
+    if bias_kind == "alibi":
+        slopes = torch.tensor(alibi_slopes(heads), device=DEVICE)
+        kernel_kwargs["alibi_slopes"] = slopes
+        reference_bias = lambda _: -slopes[:, None, None].double() * relative.abs()  # noqa: E731
+    elif bias_kind == "dense":
+        bias_leaf = torch.randn(1, heads, seq_m, seq_n, device=DEVICE).requires_grad_()
+        kernel_kwargs["position_bias"] = bias_leaf.expand(2, -1, -1, -1)
+        reference_bias = lambda bias64: bias64  # noqa: E731
+    reference_kwargs = {"dropout_keep": keep, "dropout": dropout}
+    actual, expected = run_both(kernel_kwargs, reference_kwargs, q, k, v, 0.5, bias_leaf, reference_bias, mask)
+    check(actual, expected, 1e-5)
+
+
+def test_dropout_mask_keep_rate_and_streams(fixed_dropout_seed):
+    """The kernels keep a fraction 1 - p of the scores (within four standard deviations), each head draws its own
+    mask, and another seed draws another."""
+    batch, heads, seq, dropout = 2, 3, 64, 0.3
+    keep = kernel_keep_mask(fixed_dropout_seed, batch, heads, seq, seq, dropout)
+    draws = keep.numel()
+    assert abs(keep.float().mean().item() - (1 - dropout)) < 4 * (dropout * (1 - dropout) / draws) ** 0.5
+    by_head = keep.view(batch * heads, -1)
+    assert all(not torch.equal(by_head[0], other) for other in by_head[1:])
+    other_seed = kernel_keep_mask(fixed_dropout_seed + 1, batch, heads, seq, seq, dropout)
+    assert (keep != other_seed).float().mean() > 0.3
+
+
+def test_dropout_is_reproducible_and_zero_changes_nothing(poison):
+    """The same torch seed gives the same output and gradients; another seed another; p = 0 is the kernel without
+    dropout, to the bit."""
+    q, k, v = inputs(2, 2, 30, 30, 16, torch.float32, seed=10)
+    mask = padding_mask(2, 30, (30, 18))
+
+    def run(dropout, torch_seed=0, **kwargs):
+        torch.manual_seed(torch_seed)
+        out, _ = A.fat5_attention(Module(), q, k, v, mask, scaling=0.5, dropout=dropout, **kwargs)
+        return [out, *torch.autograd.grad(out.square().sum(), [q, k, v])]
+
+    first, again, other = run(0.1), run(0.1), run(0.1, torch_seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
+    out, _ = A.fat5_attention(Module(), q, k, v, mask, scaling=0.5)
+    without = [out, *torch.autograd.grad(out.square().sum(), [q, k, v])]
+    assert all(torch.equal(a, b) for a, b in zip(run(0.0), without))

@@ -19,12 +19,13 @@ The bias is never a (query x key) tensor for the position encodings that do not 
 - Any other bias (FIRE, a user's) is read as a dense (batch|1, heads|1, query, key) tensor, with its gradient.
 
 Also in the kernels: the key-padding mask (batch, key), causal masking with the offset of cached keys, query and key
-lengths that differ (cross-attention), head dims up to 128, fp16/bf16/fp32 (fp32 products in full precision). Rows
-whose every key is masked give zeros.
+lengths that differ (cross-attention), head dims up to 128, fp16/bf16/fp32 (fp32 products in full precision), and
+attention dropout (a counter-based Philox mask drawn from a seed, drawn again by the backward kernels: nothing of
+(query x key) size is stored). Rows whose every key is masked give zeros.
 
 Paths the kernels do not take run through `torch.nn.functional.scaled_dot_product_attention` with a bias built for
-the call (documented in `fat5_attention`): attention dropout in training, head dims above 128, dtypes other than
-fp16/bf16/fp32, 4D attention masks, and decode steps (a few queries against a cache, where building the bias of those
+the call (documented in `fat5_attention`): head dims above 128, dtypes other than fp16/bf16/fp32, 4D attention masks,
+dropout over more than 2^31 scores a head, and decode steps (a few queries against a cache, where building the bias of those
 rows is cheap and the fused kernel gains nothing).
 
 The ops are `torch.library.triton_op`s on GPUs (see `kernel_op`): `torch.compile(fullgraph=True)` traces into them
@@ -190,6 +191,15 @@ def _scores(
 
 
 @triton.jit
+def _dropout_keep(dropout_seed, batch_head, query_index, key_index, seq_n, dropout_p):
+    """Which scores attention dropout keeps: a Philox draw per score, the same in the forward and both backward
+    kernels whatever their tile shapes and layouts. The seed takes the key's low word and the (batch, head) its high
+    word, so each head has its own stream; the counter is the score's index in its head."""
+    philox_key = (batch_head.to(tl.int64) << 32) | dropout_seed
+    return tl.rand(philox_key, query_index * seq_n + key_index) >= dropout_p
+
+
+@triton.jit
 def _far_biases(bias_tiles, head, num_bias_tiles, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """T5's bias beyond max_distance before and after the query (log2 domain): the first and last bias tiles lie wholly
     there, so any of their elements is it."""
@@ -305,7 +315,8 @@ def _forward_range(
     BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr, FAST: tl.constexpr,
     IN_BOUNDS: tl.constexpr, BIAS_KIND: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr, SCALE_POSITIVE: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr, SCALE_POSITIVE: tl.constexpr, dropout_seed, dropout_p,
+    HAS_DROPOUT: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     # A fast T5 tile's scores differ from its products by one scale and one bias value: with a positive scale the row
@@ -342,7 +353,15 @@ def _forward_range(
         else:
             p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
+        # The normaliser sums every probability; dropout zeroes some in the product with the values only (the kept
+        # ones' 1 / (1 - p) is applied once, to the output).
         l_i = l_i * alpha + tl.sum(p, 1)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(
+                dropout_seed, batch * num_heads + head, offs_m[:, None], (start_n + offs_n_block)[None, :], seq_n,
+                dropout_p,
+            )  # fmt: skip
+            p = tl.where(keep, p, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -394,9 +413,14 @@ def _forward_kernel(
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
     SCALE_POSITIVE: tl.constexpr,
+    DROPOUT_SEED,
+    dropout_p,
+    HAS_DROPOUT: tl.constexpr,
 ):
     # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
+    dropout_p = tl.cast(dropout_p, tl.float32)
+    dropout_seed = tl.load(DROPOUT_SEED) if HAS_DROPOUT else 0
     start_m = tl.program_id(0) * BLOCK_M
     batch_head = tl.program_id(1)
     batch = batch_head // num_heads
@@ -433,11 +457,14 @@ def _forward_kernel(
             query_offset, max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
             stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
             segment % 2 == 0, segment % 2 == 0 or (segment == 1 and not CAUSAL), BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL,
-            HAS_KEY_MASK, PRECISION, SCALE_POSITIVE,
+            HAS_KEY_MASK, PRECISION, SCALE_POSITIVE, dropout_seed, dropout_p, HAS_DROPOUT,
         )  # fmt: skip
 
     empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    normaliser = tl.where(empty, 1.0, l_i)
+    if HAS_DROPOUT:
+        normaliser *= 1.0 - dropout_p
+    out = acc / normaliser[:, None]
     o_ptrs = O + batch * stride_ob + head * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m[:, None] < seq_m) & d_ok)
     # log2-domain log-sum-exp; +inf for rows with every key masked makes their backward probabilities 0.
@@ -533,7 +560,8 @@ def _backward_kv_range(
     bias_tile_lo, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr,
     BLOCK_DIAGONALS: tl.constexpr, FAST_KEYS_BY_ROW: tl.constexpr, FAST: tl.constexpr, IN_BOUNDS: tl.constexpr,
     FAR_AFTER: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr, dropout_seed, dropout_p,
+    HAS_DROPOUT: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     # The near tiles stay query by row: their diagonal sums read the tile skewed by query.
@@ -577,23 +605,35 @@ def _backward_kv_range(
         else:
             p = tl.exp2(s - lse[:, None])
         if KEYS_BY_ROW:
+            query_index = offs_m[None, :]
+            key_index = offs_n[:, None]
+        else:
+            query_index = offs_m[:, None]
+            key_index = offs_n[None, :]
+        # With dropout, the values saw the kept probabilities (dV's 1 / (1 - p) is applied once, at the end) and the
+        # probabilities' gradient is the kept products' times 1 / (1 - p).
+        p_kept = p
+        if HAS_DROPOUT:
+            keep = _dropout_keep(dropout_seed, batch_head, query_index, key_index, seq_n, dropout_p)
+            p_kept = tl.where(keep, p, 0.0)
+        if KEYS_BY_ROW:
             # Keys by row, the layout of Triton's fused-attention tutorial: the probabilities and score gradients
             # come out of their products as the dK and dV products take them, with no transpose of a register tile.
             dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)
             # Issued after dp's product (which waits for every product in flight): dv's runs while ds is computed.
-            dv += tl.dot(p.to(do.dtype), do, input_precision=PRECISION)
+            dv += tl.dot(p_kept.to(do.dtype), do, input_precision=PRECISION)
+            if HAS_DROPOUT:
+                dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
             ds = p * (dp - delta[None, :])
             dk += tl.dot(ds.to(q.dtype), q, input_precision=PRECISION)
-            query_index = offs_m[None, :]
-            key_index = offs_n[:, None]
         else:
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+            dv += tl.dot(tl.trans(p_kept.to(do.dtype)), do, input_precision=PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            if HAS_DROPOUT:
+                dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
             # Gradient of the natural-domain scores (scale * q.k + bias): also the gradient of the bias.
             ds = p * (dp - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-            query_index = offs_m[:, None]
-            key_index = offs_n[None, :]
         if BIAS_GRAD:
             if BIAS_KIND == 3:
                 dbias_ptrs = (
@@ -695,11 +735,16 @@ def _backward_kv_kernel(
     CAUSAL: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
+    DROPOUT_SEED,
+    dropout_p,
+    HAS_DROPOUT: tl.constexpr,
 ):
     """dK and dV of one key block, looping over the query blocks; also the bias gradient of each tile."""
     # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
     scale = tl.cast(scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
+    dropout_p = tl.cast(dropout_p, tl.float32)
+    dropout_seed = tl.load(DROPOUT_SEED) if HAS_DROPOUT else 0
     block_n = tl.program_id(0)
     start_n = block_n * BLOCK_N
     batch_head = tl.program_id(1)
@@ -750,7 +795,7 @@ def _backward_kv_kernel(
             stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM,
             BLOCK_M, BLOCK_N, TILE_STEP, BLOCK_DIAGONALS, FAST_KEYS_BY_ROW, segment % 2 == 0,
             segment % 2 == 0 or (segment == 1 and NEAR_IN_BOUNDS and not CAUSAL), segment == 0, BIAS_KIND, BIAS_GRAD,
-            ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
+            ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION, dropout_seed, dropout_p, HAS_DROPOUT,
         )  # fmt: skip
 
     if BIAS_GRAD:
@@ -761,6 +806,8 @@ def _backward_kv_kernel(
     dk_ptrs = DK + batch * stride_dkb + head * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
     tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
     dv_ptrs = DV + batch * stride_dvb + head * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]
+    if HAS_DROPOUT:
+        dv = dv / (1.0 - dropout_p)
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
@@ -771,7 +818,7 @@ def _backward_q_range(
     BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr, FAST: tl.constexpr,
     IN_BOUNDS: tl.constexpr, BIAS_KIND: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr,
-    HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr, dropout_seed, dropout_p, HAS_DROPOUT: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     # As in the key/value kernel: a bias-free or fast T5 tile's bias and the log-sum-exp shift the scores in one
@@ -795,6 +842,12 @@ def _backward_q_range(
         )  # fmt: skip
         p = tl.exp2(s) if SHIFT_IN_SCORES else tl.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        if HAS_DROPOUT:
+            keep = _dropout_keep(
+                dropout_seed, batch * num_heads + head, offs_m[:, None], (start_n + offs_n_block)[None, :], seq_n,
+                dropout_p,
+            )  # fmt: skip
+            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     return dq
@@ -851,11 +904,16 @@ def _backward_q_kernel(
     CAUSAL: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr,
     PRECISION: tl.constexpr,
+    DROPOUT_SEED,
+    dropout_p,
+    HAS_DROPOUT: tl.constexpr,
 ):
     """dQ of one query block, looping over the key blocks."""
     # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
     scale = tl.cast(scale, tl.float32)
     qk_scale = tl.cast(qk_scale, tl.float32)
+    dropout_p = tl.cast(dropout_p, tl.float32)
+    dropout_seed = tl.load(DROPOUT_SEED) if HAS_DROPOUT else 0
     start_m = tl.program_id(0) * BLOCK_M
     batch_head = tl.program_id(1)
     batch = batch_head // num_heads
@@ -900,7 +958,7 @@ def _backward_q_kernel(
             query_offset, max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
             stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
             segment % 2 == 0, segment % 2 == 0 or (segment == 1 and not CAUSAL), BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL,
-            HAS_KEY_MASK, PRECISION,
+            HAS_KEY_MASK, PRECISION, dropout_seed, dropout_p, HAS_DROPOUT,
         )  # fmt: skip
 
     dq_ptrs = DQ + batch * stride_dqb + head * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
@@ -1003,7 +1061,10 @@ def _tile_arguments(tiles, max_distance, query_offset, config, like):
     return tiles, count, lo, step
 
 
-def _forward(q, k, v, key_mask, bias, tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset):
+def _forward(
+    q, k, v, key_mask, bias, tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset, dropout_p,
+    dropout_seed,
+):  # fmt: skip
     batch, heads, seq_m, head_dim = q.shape
     seq_n = k.shape[2]
     out = torch.empty(batch, seq_m, heads, head_dim, dtype=q.dtype, device=q.device)
@@ -1022,14 +1083,15 @@ def _forward(q, k, v, key_mask, bias, tiles, bias_kind, scale, causal, alibi_asy
         HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=config.block_m,
         BLOCK_N=config.block_n, TILE_STEP=tile_step, BIAS_KIND=bias_kind, ALIBI_ASYMMETRIC=alibi_asymmetric,
         CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, PRECISION=_precision(q.dtype), SCALE_POSITIVE=scale > 0,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        DROPOUT_SEED=dropout_seed if dropout_seed is not None else q, dropout_p=dropout_p,
+        HAS_DROPOUT=dropout_seed is not None, num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out, lse
 
 
 def _backward(
     grad_out, q, k, v, out, lse, key_mask, bias, kv_tiles, q_tiles, bias_kind, scale, causal, alibi_asymmetric,
-    max_distance, query_offset, bias_grad,
+    max_distance, query_offset, dropout_p, dropout_seed, bias_grad,
 ):  # fmt: skip
     batch, heads, seq_m, head_dim = q.shape
     seq_n = k.shape[2]
@@ -1058,6 +1120,9 @@ def _backward(
         "CAUSAL": causal,
         "HAS_KEY_MASK": key_mask is not None,
         "PRECISION": _precision(q.dtype),
+        "DROPOUT_SEED": dropout_seed if dropout_seed is not None else q,
+        "dropout_p": dropout_p,
+        "HAS_DROPOUT": dropout_seed is not None,
     }
 
     config = configs["backward_kv"]
@@ -1122,7 +1187,7 @@ def _attention_forward_fake(
 
 
 def _attention_backward_fake(
-    grad_out, q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, bias_kind, *options
+    grad_out, q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, dropout_seed, bias_kind, *options
 ):
     batch, heads, seq_m, head_dim = q.shape
     seq_n = k.shape[2]
@@ -1151,10 +1216,13 @@ def attention_forward_op(
     alibi_asymmetric: bool,
     max_distance: int,
     query_offset: int,
+    dropout_p: float,
+    dropout_seed: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _forward(
-        q, k, v, key_mask, bias, forward_tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset
-    )
+        q, k, v, key_mask, bias, forward_tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset,
+        dropout_p, dropout_seed,
+    )  # fmt: skip
 
 
 @kernel_op("fat5::attention_backward", _attention_backward_fake)
@@ -1169,35 +1237,41 @@ def attention_backward_op(
     bias: torch.Tensor | None,
     backward_kv_tiles: torch.Tensor | None,
     backward_q_tiles: torch.Tensor | None,
+    dropout_seed: torch.Tensor | None,
     bias_kind: int,
     scale: float,
     causal: bool,
     alibi_asymmetric: bool,
     max_distance: int,
     query_offset: int,
+    dropout_p: float,
     bias_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward(
         grad_out, q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, bias_kind, scale, causal,
-        alibi_asymmetric, max_distance, query_offset, bias_grad,
+        alibi_asymmetric, max_distance, query_offset, dropout_p, dropout_seed, bias_grad,
     )  # fmt: skip
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, key_mask, bias, _forward_tiles, backward_kv_tiles, backward_q_tiles, bias_kind, *options = inputs
+    *options, dropout_seed = options
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles)
+    # The dropout seed is kept, not the mask: the backward kernels draw the forward's mask again.
+    ctx.save_for_backward(q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, dropout_seed)
     ctx.options = (bias_kind, *options)
 
 
 def _backward_from_autograd(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles = ctx.saved_tensors
+    q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, dropout_seed = ctx.saved_tensors
     bias_kind = ctx.options[0]
     bias_grad = bias_kind in (BIAS_RELATIVE, BIAS_DENSE) and ctx.needs_input_grad[4]
     dq, dk, dv, dbias = attention_backward_op(
-        grad_out, q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, *ctx.options, bias_grad
-    )
-    return dq, dk, dv, None, dbias if bias_grad else None, None, None, None, None, None, None, None, None, None
+        grad_out, q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, dropout_seed,
+        *ctx.options, bias_grad,
+    )  # fmt: skip
+    # The key mask, the bias tiles, the dropout seed and the options take no gradient.
+    return dq, dk, dv, None, dbias if bias_grad else None, *([None] * 11)
 
 
 attention_forward_op.register_autograd(_backward_from_autograd, setup_context=_setup_context)
@@ -1292,10 +1366,14 @@ def _sdpa_with_bias(query, key, value, key_mask, attention_mask, bias, scale, ca
     return out.transpose(1, 2).contiguous()
 
 
+# The dropout mask's Philox counter is a score's index within its head, an int32.
+MAX_DROPOUT_SCORES = 2**31
+
+
 def kernel_refusal(query, key, value, attention_mask, dropout) -> str | None:
     """Why the kernels do not take this call (then SDPA runs with a bias built for it), or None."""
-    if dropout > 0.0:
-        return "attention dropout in training"
+    if dropout > 0.0 and query.shape[2] * key.shape[2] >= MAX_DROPOUT_SCORES:
+        return f"attention dropout with {query.shape[2]} x {key.shape[2]} scores a head (at most 2^31)"
     if query.shape[-1] > MAX_HEAD_DIM:
         return f"head dim {query.shape[-1]} > {MAX_HEAD_DIM}"
     if query.dtype not in KERNEL_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
@@ -1377,10 +1455,9 @@ def fat5_attention(
     if refusal is not None:
         # Decode steps take SDPA by design; any other fallback costs (query x key) memory, which the user should know.
         if not is_decode_step(seq_m) and not torch.compiler.is_compiling():
-            advice = " Set `config.dropout_rate = 0.0` to train with the kernels." if dropout > 0.0 else ""
             logger.warning_once(
                 f"`fat5` attention runs SDPA with a dense (query x key) position bias for {refusal}: its memory grows "
-                f"with the square of the sequence length.{advice}"
+                "with the square of the sequence length."
             )
         full_bias = dense_bias(bias_kind, bias, seq_m, seq_n, offset, max_distance, alibi_asymmetric, query.device)
         key_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
@@ -1391,15 +1468,24 @@ def fat5_attention(
     query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
     key_mask = None
     if attention_mask is not None:
-        key_mask = attention_mask.to(torch.bool).contiguous().view(torch.uint8)
+        # A cast, not a bool-to-uint8 view: Inductor cannot lower a view of a bool tensor as another dtype.
+        key_mask = (attention_mask != 0).to(torch.uint8)
     tiles = (None, None, None)
     if bias_kind == BIAS_RELATIVE:
         configs = kernel_configs(query.shape[-1], query.dtype)
         tiles = relative_bias_tiles(bias, max_distance, offset, configs, query.dtype)
+    dropout = float(dropout)
     out, _ = attention_forward_op(
-        query, key, value, key_mask, bias, *tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, offset
-    )
+        query, key, value, key_mask, bias, *tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, offset,
+        dropout, draw_dropout_seed(query.device) if dropout > 0.0 else None,
+    )  # fmt: skip
     return out, None
+
+
+def draw_dropout_seed(device: torch.device) -> torch.Tensor:
+    """The seed of one call's dropout mask, drawn from torch's generator of `device`: `torch.manual_seed` makes the
+    masks reproducible, and under CUDA graphs each replay draws a new one."""
+    return torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=device)
 
 
 __all__ = ["fat5_attention", "far_distance", "relative_bias_by_distance"]
