@@ -5,6 +5,7 @@ position encoding.
 Runs on CPU through Triton's interpreter (set below when there is no CUDA), on the GPU as is.
 """
 
+import math
 import os
 
 import pytest
@@ -166,3 +167,116 @@ def test_output_attentions_is_not_silently_dropped():
         outputs = kernel(**inputs, output_attentions=True)
     assert "does not compute attention weights" in captured.out
     assert outputs.encoder_attentions == ()
+
+
+class QueryKeySizedTensors(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every tensor an op makes whose last two dimensions are (query length, key length) of an attention."""
+
+    def __init__(self, query_key_shapes):
+        super().__init__()
+        self.query_key_shapes = query_key_shapes
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for tensor in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(tensor, torch.Tensor) and tuple(tensor.shape[-2:]) in self.query_key_shapes:
+                self.found.append((str(func), tuple(tensor.shape)))
+        return result
+
+
+@pytest.mark.parametrize("encoding", ["t5", "alibi", "alibi-asymmetric", "rope"])
+def test_training_with_attention_dropout_makes_no_query_by_key_tensor(encoding):
+    """T5's dropout_rate applies to the attention probabilities: with it, a training step (forward and backward) on a
+    padded batch stays in the kernels, with no (query x key) tensor in any attention (encoder 37 x 37, decoder
+    19 x 19, cross 19 x 37), and its gradients are finite."""
+    _, kernel = model_pair(**POSITION_ENCODINGS[encoding], dropout_rate=0.1)
+    kernel.train()
+    inputs = batch()
+    with QueryKeySizedTensors({(37, 37), (19, 19), (19, 37)}) as recorder:
+        loss = kernel(**inputs).loss
+        loss.backward()
+    assert recorder.found == []
+    assert all(torch.isfinite(p.grad).all() for p in kernel.parameters() if p.grad is not None)
+
+
+HEADS = ["FlashT5ForConditionalGeneration", "FlashT5ForQuestionAnswering", "FlashT5ForSequenceClassification",
+         "FlashT5ForTokenClassification"]  # fmt: skip
+
+
+def head_and_batch(head_name, **overrides):
+    """A small model with `head_name` and a padded batch with its labels."""
+    model_class = getattr(fat5, head_name)
+    settings = {
+        "vocab_size": 40, "d_model": 64, "d_kv": 16, "d_ff": 96, "num_layers": 2, "num_heads": 4, "num_labels": 3,
+        "initializer_factor": 0.5, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1,
+    }  # fmt: skip
+    settings.update(overrides)
+    torch.manual_seed(0)
+    model = model_class(FlashT5Config(**settings, attn_implementation="fat5")).to(DEVICE)
+    inputs = batch()
+    labels = inputs.pop("labels")
+    inputs["input_ids"][:, -1] = 1
+    inputs["input_ids"][1, 22] = 1
+    if head_name == "FlashT5ForQuestionAnswering":
+        inputs.update(
+            start_positions=torch.tensor([3, 5], device=DEVICE), end_positions=torch.tensor([9, 7], device=DEVICE)
+        )
+    elif head_name == "FlashT5ForSequenceClassification":
+        inputs["labels"] = torch.tensor([2, 0], device=DEVICE)
+    elif head_name == "FlashT5ForTokenClassification":
+        inputs["labels"] = (inputs["input_ids"] % 3).masked_fill(inputs["attention_mask"] == 0, -100)
+    else:
+        inputs["labels"] = labels
+    return model, inputs
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="Inductor compiles the kernels' triton_ops on a GPU only")
+@pytest.mark.parametrize("head_name", HEADS)
+def test_every_head_compiles_with_inductor_on_padded_batches(head_name):
+    """`torch.compile(model)` (Inductor, as `Trainer(torch_compile=True)` compiles) on padded batches of two lengths:
+    the loss and gradients of the uncompiled model without dropout, and a step with dropout runs."""
+    model, inputs = head_and_batch(head_name, dropout_rate=0.0)
+    model.train()
+    expected = model(**inputs).loss
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()), allow_unused=True)
+    compiled = torch.compile(model)
+    loss = compiled(**inputs).loss
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+    for (name, _), got, want in zip(model.named_parameters(), grads, expected_grads):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5, msg=name)
+    shorter = {
+        key: value[:, :30] if value.dim() == 2 and value.shape[1] == 37 else value for key, value in inputs.items()
+    }
+    shorter["input_ids"][:, -1] = 1
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.1
+    for attention_module in model.modules():
+        if hasattr(attention_module, "dropout") and isinstance(attention_module.dropout, float):
+            attention_module.dropout = 0.1
+    loss = compiled(**shorter).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.skipif(
+    DEVICE != "cuda", reason="Trainer's torch_compile compiles the kernels with Inductor on a GPU only"
+)
+@pytest.mark.parametrize("head_name", HEADS)
+def test_trainer_torch_compile_on_padded_batches(head_name, tmp_path):
+    """`Trainer(torch_compile=True, bf16=True)` trains every head on padded batches with T5's dropout."""
+    from transformers import Trainer, TrainingArguments
+
+    model, inputs = head_and_batch(head_name, dropout_rate=0.1)
+    examples = [{key: value[row].cpu() for key, value in inputs.items()} for row in range(2)] * 4
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=4, bf16=True, torch_compile=True,
+        report_to=[], save_strategy="no", logging_steps=1,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=arguments, train_dataset=examples)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)

@@ -1,0 +1,254 @@
+"""Finetuning with HF `Trainer` end to end, as users run it: upstream T5 against FAT5 in one run. Needs a CUDA GPU.
+
+    PYTHONPATH=src python benchmarks/bench_finetune.py --out results_finetune_h200.json [--jobs qa seq2seq]
+
+Two jobs, `bf16=True`, batch 32, dropout 0.1 as T5-family checkpoints carry it, random weights of the real shapes and
+random tokens of realistic lengths (the device has no network; throughput and memory do not depend on the values):
+
+- `qa`: extractive QA, T5 v1.1-base shape, inputs of 100-384 tokens. Upstream `T5ForQuestionAnswering` (what an
+  upstream user finetunes) against `FlashT5ForQuestionAnswering` (encoder only, as the reference's head).
+- `seq2seq`: mT5-small shape (vocab 250112, untied head), inputs of 128-512 tokens, targets of 16-64.
+  `MT5ForConditionalGeneration` against `FlashT5ForConditionalGeneration` of the same shape.
+
+Variants: upstream eager with rows padded to the longest in the batch (a multiple of 64); upstream with
+`torch_compile=True` and every row padded to the job's maximum (the best an upstream user can do: one shape, one
+compilation); FAT5 as a user gets it by default (padded to the longest, `fat5` attention on the GPU), and FAT5
+compiled. Each variant reports samples/s over the steps after `--warmup-steps` (synchronised wall time, data loading
+included), peak GPU memory, and the mean training loss of its last logged steps.
+"""
+
+import argparse
+import gc
+import json
+import math
+import random
+import tempfile
+import time
+
+import torch
+from transformers import (
+    MT5Config,
+    MT5ForConditionalGeneration,
+    T5Config,
+    T5ForQuestionAnswering,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+import fat5
+from fat5 import FlashT5Config, FlashT5ForConditionalGeneration, FlashT5ForQuestionAnswering
+
+
+BATCH_SIZE = 32
+QA_SHAPE = {
+    "vocab_size": 32128,
+    "d_model": 768,
+    "d_kv": 64,
+    "d_ff": 2048,
+    "num_layers": 12,
+    "num_heads": 12,
+    "feed_forward_proj": "gated-gelu",
+    "tie_word_embeddings": False,
+}
+MT5_SMALL_SHAPE = {
+    "vocab_size": 250112,
+    "d_model": 512,
+    "d_kv": 64,
+    "d_ff": 1024,
+    "num_layers": 8,
+    "num_heads": 6,
+    "feed_forward_proj": "gated-gelu",
+    "tie_word_embeddings": False,
+}
+JOBS = {
+    # job: (shape, input lengths, target lengths or None)
+    "qa": (QA_SHAPE, (100, 384), None),
+    "seq2seq": (MT5_SMALL_SHAPE, (128, 512), (16, 64)),
+}
+EOS, PAD = 1, 0
+FAT5_MODELS = {"qa": FlashT5ForQuestionAnswering, "seq2seq": FlashT5ForConditionalGeneration}
+
+
+def synthetic_examples(job: str, count: int, seed: int = 0) -> list[dict]:
+    shape, (low, high), targets = JOBS[job]
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(count):
+        length = rng.randint(low, high)
+        input_ids = [rng.randrange(2, shape["vocab_size"]) for _ in range(length - 1)] + [EOS]
+        if targets is None:
+            start = rng.randrange(0, length - 1)
+            end = min(length - 2, start + rng.randint(0, 20))
+            examples.append({"input_ids": input_ids, "start_positions": start, "end_positions": end})
+        else:
+            target_length = rng.randint(*targets)
+            labels = [rng.randrange(2, shape["vocab_size"]) for _ in range(target_length - 1)] + [EOS]
+            examples.append({"input_ids": input_ids, "labels": labels})
+    return examples
+
+
+class PaddingCollator:
+    """Pads inputs (and labels, with -100) to the longest in the batch rounded up to `multiple`, or to `length`."""
+
+    def __init__(self, multiple: int = 64, length: int | None = None, label_length: int | None = None):
+        self.multiple, self.length, self.label_length = multiple, length, label_length
+
+    def padded_length(self, longest: int, fixed: int | None) -> int:
+        return fixed if fixed is not None else math.ceil(longest / self.multiple) * self.multiple
+
+    def __call__(self, examples: list[dict]) -> dict:
+        length = self.padded_length(max(len(e["input_ids"]) for e in examples), self.length)
+        input_ids = torch.full((len(examples), length), PAD, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+        for row, example in enumerate(examples):
+            input_ids[row, : len(example["input_ids"])] = torch.tensor(example["input_ids"])
+            attention_mask[row, : len(example["input_ids"])] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "labels" in examples[0]:
+            label_multiple = 8
+            longest = max(len(e["labels"]) for e in examples)
+            label_length = self.label_length or math.ceil(longest / label_multiple) * label_multiple
+            labels = torch.full((len(examples), label_length), -100, dtype=torch.long)
+            for row, example in enumerate(examples):
+                labels[row, : len(example["labels"])] = torch.tensor(example["labels"])
+            batch["labels"] = labels
+        else:
+            batch["start_positions"] = torch.tensor([e["start_positions"] for e in examples])
+            batch["end_positions"] = torch.tensor([e["end_positions"] for e in examples])
+        return batch
+
+
+class ThroughputCallback(TrainerCallback):
+    """Wall time of the steps after the warm-up, synchronised with the GPU."""
+
+    def __init__(self, warmup_steps: int):
+        self.warmup_steps = warmup_steps
+        self.start = None
+        self.timed_steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        torch.cuda.synchronize()
+        if state.global_step == self.warmup_steps:
+            self.start = time.perf_counter()
+        elif state.global_step > self.warmup_steps:
+            self.timed_steps = state.global_step - self.warmup_steps
+            self.elapsed = time.perf_counter() - self.start
+
+
+def build_model(job: str, upstream: bool, dropout: float):
+    shape = dict(JOBS[job][0], dropout_rate=dropout, decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        if upstream and job == "qa":
+            return T5ForQuestionAnswering(T5Config(**shape, attn_implementation="sdpa"))
+        if upstream:
+            return MT5ForConditionalGeneration(MT5Config(**shape, attn_implementation="sdpa"))
+        return FAT5_MODELS[job](FlashT5Config(**shape, scale_decoder_outputs=False))
+
+
+def run_variant(job: str, variant: str, args) -> dict:
+    upstream = variant.startswith("upstream")
+    compiled = variant.endswith("compiled")
+    model = build_model(job, upstream, args.dropout)
+    if variant == "fat5_kernelized":
+        fat5.kernelize(model)
+    high = JOBS[job][1][1]
+    targets = JOBS[job][2]
+    collator = PaddingCollator()
+    if upstream and compiled:
+        collator = PaddingCollator(length=high, label_length=targets[1] if targets else None)
+    steps = args.warmup_steps + args.steps
+    examples = synthetic_examples(job, steps * BATCH_SIZE)
+    callback = ThroughputCallback(args.warmup_steps)
+    with tempfile.TemporaryDirectory() as output_dir:
+        training_args = TrainingArguments(
+            output_dir=output_dir,
+            per_device_train_batch_size=BATCH_SIZE,
+            max_steps=steps,
+            learning_rate=1e-4,
+            bf16=True,
+            torch_compile=compiled,
+            logging_steps=5,
+            save_strategy="no",
+            report_to=[],
+            dataloader_num_workers=2,
+            remove_unused_columns=False,
+            seed=0,
+        )
+        torch.cuda.reset_peak_memory_stats()
+        trainer = Trainer(
+            model=model,
+            args=training_args,
+            train_dataset=examples,
+            data_collator=collator,
+            callbacks=[callback],
+        )
+        trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    result = {
+        "job": job,
+        "variant": variant,
+        "attn_implementation": model.config._attn_implementation,
+        "samples_per_second": callback.timed_steps * BATCH_SIZE / callback.elapsed,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
+        "final_loss": sum(losses[-2:]) / len(losses[-2:]),
+        "losses": losses,
+        "steps": steps,
+        "warmup_steps": args.warmup_steps,
+    }
+    del trainer, model
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch._dynamo.reset()
+    return result
+
+
+VARIANTS = ("upstream", "upstream_compiled", "fat5", "fat5_compiled", "fat5_kernelized")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--warmup-steps", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--out", default="results_finetune.json")
+    args = parser.parse_args()
+    results = []
+    for job in args.jobs:
+        for variant in args.variants:
+            if variant == "fat5_kernelized" and job != "seq2seq":
+                continue  # the fused LM loss serves the LM head only
+            try:
+                result = run_variant(job, variant, args)
+            except Exception as error:  # one failing variant must not lose the others' numbers
+                result = {"job": job, "variant": variant, "error": f"{type(error).__name__}: {error}"[:2000]}
+                gc.collect()
+                torch.cuda.empty_cache()
+                torch._dynamo.reset()
+            results.append(result)
+            print(json.dumps({k: v for k, v in result.items() if k != "losses"}), flush=True)
+    environment = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "triton": __import__("triton").__version__,
+        "fat5": fat5.__version__,
+    }
+    with open(args.out, "w") as file:
+        json.dump({"environment": environment, "args": vars(args), "results": results}, file, indent=1)
+    for job in args.jobs:
+        rows = {r["variant"]: r for r in results if r["job"] == job and "error" not in r}
+        base = rows.get("upstream", {}).get("samples_per_second")
+        for variant, row in rows.items():
+            ratio = f"{row['samples_per_second'] / base:.2f}x" if base else "-"
+            print(
+                f"{job:8s} {variant:18s} {row['samples_per_second']:8.1f} samples/s {ratio:>7s} "
+                f"{row['peak_memory_gb']:6.1f} GB  loss {row['final_loss']:.3f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
