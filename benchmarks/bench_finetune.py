@@ -216,6 +216,13 @@ def main():
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--out", default="results_finetune.json")
     args = parser.parse_args()
+    environment = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "triton": __import__("triton").__version__,
+        "fat5": fat5.__version__,
+    }
     results = []
     for job in args.jobs:
         for variant in args.variants:
@@ -230,15 +237,9 @@ def main():
                 torch._dynamo.reset()
             results.append(result)
             print(json.dumps({k: v for k, v in result.items() if k != "losses"}), flush=True)
-    environment = {
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__,
-        "triton": __import__("triton").__version__,
-        "fat5": fat5.__version__,
-    }
-    with open(args.out, "w") as file:
-        json.dump({"environment": environment, "args": vars(args), "results": results}, file, indent=1)
+            # Written after every variant: a run stopped at its time limit keeps what it measured.
+            with open(args.out, "w") as file:
+                json.dump({"environment": environment, "args": vars(args), "results": results}, file, indent=1)
     for job in args.jobs:
         rows = {r["variant"]: r for r in results if r["job"] == job and "error" not in r}
         base = rows.get("upstream", {}).get("samples_per_second")
