@@ -13,7 +13,10 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "transformers>=5.17,<6", "safetensors", "accelerate>=1.0"],
     extras_require={
-        "triton": ["triton>=3.3,<3.7"],
+        # No upper bound: each CUDA build of torch pins the Triton it was built with (torch 2.12 takes 3.7, 2.14 takes
+        # 3.8, ...), and that is the one to run; a cap here would refuse a current torch or downgrade it. The CPU
+        # builds of torch bring no Triton: the README's install section says which to add for the interpreter.
+        "triton": ["triton>=3.3"],
         "flash-attn": ["flash-attn>=2.6"],
         "testing": ["pytest", "pytest-xdist", "parameterized", "ruff==0.14.10", "transformers-mlinter"],
     },

@@ -4,11 +4,13 @@
 Importing this module never imports Triton.
 """
 
+import importlib.metadata
 import importlib.util
 import os
 from collections.abc import Callable
 
 import torch
+from packaging.version import Version
 
 
 # Up to this many queries without autograd (a decode step against a cache), attention runs through SDPA with the bias
@@ -20,11 +22,41 @@ def is_decode_step(query_length: int) -> bool:
     return query_length <= DECODE_MAX_QUERIES and not torch.is_grad_enabled()
 
 
+# The oldest Triton the kernels were tested with. Newer ones are not capped: each CUDA build of torch pins the Triton
+# it was built with, and that one is the one to run.
+MIN_TRITON_VERSION = "3.3"
+
+
+def triton_version_problem(version: str | None) -> str | None:
+    """Why Triton `version` cannot run FAT5's kernels, or None when it can (or when its version is unknown)."""
+    if version is None or Version(version) >= Version(MIN_TRITON_VERSION):
+        return None
+    return (
+        f"FAT5's Triton kernels need triton >= {MIN_TRITON_VERSION}, but triton {version} is installed: install the "
+        "Triton that a current torch pins (`pip install --upgrade torch`, or `pip install triton==X` with X the "
+        "version that the CUDA build of your torch requires), or use attn_implementation='sdpa'."
+    )
+
+
+def _installed_triton_version() -> str | None:
+    """The installed Triton's version, read from its package metadata (importing Triton takes seconds). None without
+    Triton, or for a build distributed under another name (such as torch nightlies' `pytorch-triton`)."""
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 # Looked up once: `find_spec` inside a compiled model would break its graph at every attention call.
 _TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+_TRITON_PROBLEM = triton_version_problem(_installed_triton_version()) if _TRITON_AVAILABLE else None
 
 
 def is_triton_available() -> bool:
+    """Whether Triton is installed. One too old for the kernels raises an ImportError that says what to install, where
+    the kernels are first asked for, rather than an obscure error inside a kernel."""
+    if _TRITON_PROBLEM is not None:
+        raise ImportError(_TRITON_PROBLEM)
     return _TRITON_AVAILABLE
 
 
