@@ -334,7 +334,7 @@ def test_bf16_under_the_interpreter_takes_sdpa():
     assert relative_error(out, reference_attention(q, k, v, 1.0)) < 1e-2
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.25], ids=["no-dropout", "dropout"])
+@pytest.mark.parametrize("dropout", [0.0, 0.25], ids=["no-dropout", "dropout-packed"])
 @pytest.mark.parametrize("bias_kind", ["relative", "dense", "none"])
 def test_opcheck(bias_kind, dropout):
     """The ops' registrations agree with their implementation (`torch.library.opcheck`): output shapes, dtypes and
@@ -358,28 +358,20 @@ def test_opcheck(bias_kind, dropout):
         bias, kind = None, A.BIAS_NONE
     options = (kind, 0.25, causal, False, max_distance, 0)
     seed = torch.tensor([99], dtype=torch.int64, device=DEVICE) if dropout else None
-    forward_args = (q, k, v, key_mask, bias, *tiles, *options, dropout, seed)
+    # With dropout, a packed call too: two examples in the first row, one in the second.
+    segments = (None,) * 4
+    if dropout:
+        query_segments, key_segments = packed_segments([[8, 12], [20]], 20), packed_segments([[10, 14], [24]], 24)
+        starts = [A.segment_starts(ids, 24) for ids in (query_segments, key_segments)]
+        segments = (query_segments, key_segments, *starts)
+    forward_args = (q, k, v, key_mask, bias, *tiles, *options, dropout, seed, *segments)
     torch.library.opcheck(torch.ops.fat5.attention_forward, forward_args)
 
     out, lse = torch.ops.fat5.attention_forward(*forward_args)
     grad_out = torch.randn_like(out)
     bias_grad = bias is not None
-    backward_args = (
-        grad_out,
-        q,
-        k,
-        v,
-        out,
-        lse,
-        key_mask,
-        bias,
-        tiles[1],
-        tiles[2],
-        seed,
-        *options,
-        dropout,
-        bias_grad,
-    )
+    backward_args = (out, lse, key_mask, bias, tiles[1], tiles[2], seed, *options, dropout, bias_grad, *segments)
+    backward_args = (grad_out, q, k, v, *backward_args)
     torch.library.opcheck(
         torch.ops.fat5.attention_backward, tuple(a.detach() if torch.is_tensor(a) else a for a in backward_args)
     )
@@ -498,3 +490,102 @@ def test_dropout_is_reproducible_and_zero_changes_nothing(poison):
     out, _ = A.fat5_attention(Module(), q, k, v, mask, scaling=0.5)
     without = [out, *torch.autograd.grad(out.square().sum(), [q, k, v])]
     assert all(torch.equal(a, b) for a, b in zip(run(0.0), without))
+
+
+def packed_segments(lengths_by_row, seq):
+    """(rows, seq) segment ids: each row's examples of the given lengths in turn, ids from 1, padding (0) last."""
+    segments = torch.zeros(len(lengths_by_row), seq, dtype=torch.int32)
+    for row, lengths in enumerate(lengths_by_row):
+        start = 0
+        for index, length in enumerate(lengths):
+            segments[row, start : start + length] = index + 1
+            start += length
+    return segments.to(DEVICE)
+
+
+def same_segment(query_segments, key_segments):
+    return (query_segments[:, None, :, None] == key_segments[:, None, None, :]) & (key_segments[:, None, None, :] != 0)
+
+
+@pytest.mark.parametrize(
+    "query_lengths,key_lengths,causal,bias_kind",
+    [
+        # Examples that start and end inside tiles, one wider than max_distance, padding in a row's last tiles.
+        ([[20, 30, 15], [70]], None, False, "t5"),
+        ([[5, 40, 3, 10], [33, 33]], None, True, "t5"),
+        ([[12, 50], [3, 3, 60]], None, False, "alibi"),
+        # Cross-attention: each decoder example sees its own encoder example.
+        ([[9, 14, 6], [30]], [[20, 30, 15], [70]], False, "none"),
+    ],
+    ids=["encoder-t5", "decoder-t5", "encoder-alibi", "cross-attention"],
+)
+def test_packed_rows_attend_within_their_example(poison, kv_layout, query_lengths, key_lengths, causal, bias_kind):
+    """Packed rows: output and every gradient equal an fp64 computation that masks every other example's keys and
+    padding, where the kernels skip the tiles outside an example (padding queries give zeros)."""
+    seq_m = 70 if key_lengths is None else 40
+    seq_n = 70
+    heads = 2
+    q, k, v = inputs(2, heads, seq_m, seq_n, 16, torch.float32, seed=11)
+    query_segments = packed_segments(query_lengths, seq_m)
+    key_segments = query_segments if key_lengths is None else packed_segments(key_lengths, seq_n)
+    kernel_kwargs = {"is_causal": causal, "query_segment_ids": query_segments, "key_segment_ids": key_segments}
+    bias_leaf, reference_bias = None, None
+    if bias_kind == "t5":
+        num_buckets, max_distance = 8, 12
+        bias_leaf = torch.randn(num_buckets, heads, device=DEVICE).requires_grad_()
+        kernel_kwargs.update(
+            relative_attention_bias=bias_leaf,
+            relative_attention_num_buckets=num_buckets,
+            relative_attention_max_distance=max_distance,
+            bidirectional=not causal,
+        )
+
+        def reference_bias(table64):
+            return t5_dense_bias(table64, seq_m, seq_n, 0, not causal, num_buckets, max_distance)
+
+    elif bias_kind == "alibi":
+        slopes = torch.tensor(alibi_slopes(heads), device=DEVICE)
+        kernel_kwargs["alibi_slopes"] = slopes
+        relative = torch.arange(seq_n, device=DEVICE)[None, :] - torch.arange(seq_m, device=DEVICE)[:, None]
+        reference_bias = lambda _: -slopes[:, None, None].double() * relative.abs()  # noqa: E731
+    reference_kwargs = {"causal": causal, "blocked": ~same_segment(query_segments, key_segments)}
+    actual, expected = run_both(kernel_kwargs, reference_kwargs, q, k, v, 0.5, bias_leaf, reference_bias)
+    check(actual, expected, 1e-5)
+
+
+def test_packed_rows_equal_their_examples_one_by_one(poison):
+    """Each example of a packed row gives, with the T5 bias, the output and gradients it gives alone: its relative
+    positions are the same in the row."""
+    lengths, heads, num_buckets, max_distance = [20, 33, 9], 2, 8, 12
+    q, k, v = inputs(1, heads, 64, 64, 16, torch.float32, seed=12)
+    table = torch.randn(num_buckets, heads, device=DEVICE).requires_grad_()
+    bias_kwargs = {
+        "relative_attention_bias": table,
+        "relative_attention_num_buckets": num_buckets,
+        "relative_attention_max_distance": max_distance,
+    }
+    segments = packed_segments([lengths], 64)
+    packed, _ = A.fat5_attention(
+        Module(), q, k, v, None, scaling=1.0, query_segment_ids=segments, key_segment_ids=segments, **bias_kwargs
+    )
+    grad = torch.randn_like(packed)
+    packed_grads = torch.autograd.grad(packed, [q, k, v, table], grad)
+    start, table_grad = 0, torch.zeros_like(table)
+    for length in lengths:
+        part = slice(start, start + length)
+        pieces = [t[:, :, part].detach().requires_grad_() for t in (q, k, v)]
+        alone, _ = A.fat5_attention(Module(), *pieces, None, scaling=1.0, **bias_kwargs)
+        alone_grads = torch.autograd.grad(alone, [*pieces, table], grad[:, part])
+        torch.testing.assert_close(packed[:, part], alone, rtol=1e-4, atol=1e-5)
+        for packed_grad, alone_grad in zip(packed_grads[:3], alone_grads[:3]):
+            torch.testing.assert_close(packed_grad[:, :, part], alone_grad, rtol=1e-4, atol=1e-5)
+        table_grad += alone_grads[3]
+        start += length
+    torch.testing.assert_close(packed_grads[3], table_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_segment_starts():
+    segments = packed_segments([[2, 3], [4], []], 6)
+    starts = A.segment_starts(segments, 6)
+    assert starts.shape == (3, 8)
+    assert starts[0, 1:4].tolist() == [0, 2, 5] and starts[1, 1:3].tolist() == [0, 4] and starts[2, 1].item() == 0

@@ -191,6 +191,30 @@ def _scores(
 
 
 @triton.jit
+def _same_segment(s, query_segments, key_segments, KEYS_BY_ROW: tl.constexpr):
+    """The scores of packed rows, keys of other segments (examples) and padding keys (segment 0) at -inf."""
+    if KEYS_BY_ROW:
+        same = (key_segments[:, None] == query_segments[None, :]) & (key_segments[:, None] != 0)
+    else:
+        same = (query_segments[:, None] == key_segments[None, :]) & (key_segments[None, :] != 0)
+    return tl.where(same, s, float("-inf"))
+
+
+@triton.jit
+def _segment_range(SEGMENTS_ROW, OTHER_STARTS_ROW, offs, length):
+    """The segments of a tile's rows (0 past `length`), and the range [lo, hi) of the other sequence that holds the
+    same segments: a packed row's examples are contiguous, so the tiles outside it are skipped whole."""
+    segments = tl.load(SEGMENTS_ROW + offs, mask=offs < length, other=0)
+    last = tl.max(segments, 0)
+    first = tl.min(tl.where(segments == 0, last, segments), 0)
+    lo = tl.load(OTHER_STARTS_ROW + first)
+    hi = tl.load(OTHER_STARTS_ROW + last + 1)
+    # A tile of padding only (segment 0) attends to nothing.
+    hi = tl.where(last == 0, lo, hi)
+    return segments, lo, hi
+
+
+@triton.jit
 def _dropout_keep(dropout_seed, batch_head, query_index, key_index, seq_n, dropout_p):
     """Which scores attention dropout keeps: a Philox draw per score, the same in the forward and both backward
     kernels whatever their tile shapes and layouts. The seed takes the key's low word and the (batch, head) its high
@@ -316,7 +340,7 @@ def _forward_range(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr, FAST: tl.constexpr,
     IN_BOUNDS: tl.constexpr, BIAS_KIND: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr, SCALE_POSITIVE: tl.constexpr, dropout_seed, dropout_p,
-    HAS_DROPOUT: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, query_segments, KEY_SEGMENTS_ROW, HAS_SEGMENTS: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     # A fast T5 tile's scores differ from its products by one scale and one bias value: with a positive scale the row
@@ -342,6 +366,10 @@ def _forward_range(
             stride_bias_h, stride_bias_m, stride_bias_n, relative_bias, BLOCK_M, BLOCK_N, IN_BOUNDS,
             PRODUCT_BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
+        if HAS_SEGMENTS:
+            offs_n = start_n + offs_n_block
+            key_segments = tl.load(KEY_SEGMENTS_ROW + offs_n, mask=offs_n < seq_n, other=0)
+            s = _same_segment(s, query_segments, key_segments, False)
         if SHIFT_IN_SCORES:
             m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale + relative_bias)
         else:
@@ -416,6 +444,13 @@ def _forward_kernel(
     DROPOUT_SEED,
     dropout_p,
     HAS_DROPOUT: tl.constexpr,
+    QUERY_SEGMENTS,
+    KEY_SEGMENTS,
+    KEY_SEGMENT_STARTS,
+    stride_query_segments_b,
+    stride_key_segments_b,
+    stride_starts_b,
+    HAS_SEGMENTS: tl.constexpr,
 ):
     # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
@@ -448,16 +483,34 @@ def _forward_kernel(
         bias_before, bias_after = _far_biases(BIAS_TILES, head, num_bias_tiles, BLOCK_M, BLOCK_N)
     # The ranges in turn; the even ones are fast (whole tiles, one far bias value), and without a causal mask the
     # second is in bounds too (see _key_ranges).
+    query_segments = 0
+    key_segments_row = KEY_SEGMENTS
+    if HAS_SEGMENTS:
+        key_segments_row = KEY_SEGMENTS + batch * stride_key_segments_b
+        query_segments, segment_lo, segment_hi = _segment_range(
+            QUERY_SEGMENTS + batch * stride_query_segments_b,
+            KEY_SEGMENT_STARTS + batch * stride_starts_b,
+            offs_m,
+            seq_m,
+        )
+        # The ranges are tiled from 0: start at the tile holding the first key of the queries' examples.
+        segment_lo = segment_lo // BLOCK_N * BLOCK_N
     bounds = (0, fast_before, general_end, fast_after, end)
     far_biases = (bias_before, 0.0, bias_after, 0.0)
     for segment in tl.static_range(4):
+        lo = bounds[segment]
+        hi = bounds[segment + 1]
+        if HAS_SEGMENTS:
+            lo = tl.maximum(lo, segment_lo)
+            hi = tl.minimum(hi, segment_hi)
         acc, l_i, m_i = _forward_range(
-            acc, l_i, m_i, q, k_base, v_base, bounds[segment], bounds[segment + 1], far_biases[segment], offs_m,
+            acc, l_i, m_i, q, k_base, v_base, lo, hi, far_biases[segment], offs_m,
             offs_d, offs_n_block, start_m, batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale,
             query_offset, max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
             stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
             segment % 2 == 0, segment % 2 == 0 or (segment == 1 and not CAUSAL), BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL,
-            HAS_KEY_MASK, PRECISION, SCALE_POSITIVE, dropout_seed, dropout_p, HAS_DROPOUT,
+            HAS_KEY_MASK, PRECISION, SCALE_POSITIVE, dropout_seed, dropout_p, HAS_DROPOUT, query_segments,
+            key_segments_row, HAS_SEGMENTS,
         )  # fmt: skip
 
     empty = l_i == 0.0
@@ -561,7 +614,7 @@ def _backward_kv_range(
     BLOCK_DIAGONALS: tl.constexpr, FAST_KEYS_BY_ROW: tl.constexpr, FAST: tl.constexpr, IN_BOUNDS: tl.constexpr,
     FAR_AFTER: tl.constexpr, BIAS_KIND: tl.constexpr, BIAS_GRAD: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr, dropout_seed, dropout_p,
-    HAS_DROPOUT: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, key_segments, QUERY_SEGMENTS_ROW, HAS_SEGMENTS: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     # The near tiles stay query by row: their diagonal sums read the tile skewed by query.
@@ -598,6 +651,9 @@ def _backward_kv_range(
             seq_m, BLOCK_M, BLOCK_N, IN_BOUNDS, SCORE_BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
             KEYS_BY_ROW,
         )  # fmt: skip
+        if HAS_SEGMENTS:
+            query_segments = tl.load(QUERY_SEGMENTS_ROW + offs_m, mask=row_ok, other=0)
+            s = _same_segment(s, query_segments, key_segments, KEYS_BY_ROW)
         if SHIFT_IN_SCORES:
             p = tl.exp2(s)
         elif KEYS_BY_ROW:
@@ -738,6 +794,13 @@ def _backward_kv_kernel(
     DROPOUT_SEED,
     dropout_p,
     HAS_DROPOUT: tl.constexpr,
+    QUERY_SEGMENTS,
+    KEY_SEGMENTS,
+    QUERY_SEGMENT_STARTS,
+    stride_query_segments_b,
+    stride_key_segments_b,
+    stride_starts_b,
+    HAS_SEGMENTS: tl.constexpr,
 ):
     """dK and dV of one key block, looping over the query blocks; also the bias gradient of each tile."""
     # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
@@ -784,18 +847,33 @@ def _backward_kv_kernel(
     # The ranges in turn; the even ones are fast (whole tiles, one far bias value), the first far after the keys.
     # Without a causal mask the near range (the second) ends at the last whole query tile, and a ragged key block has
     # only the last range: it lies inside both sequences.
+    key_segments = 0
+    query_segments_row = QUERY_SEGMENTS
+    if HAS_SEGMENTS:
+        query_segments_row = QUERY_SEGMENTS + batch * stride_query_segments_b
+        key_segments, segment_lo, segment_hi = _segment_range(
+            KEY_SEGMENTS + batch * stride_key_segments_b, QUERY_SEGMENT_STARTS + batch * stride_starts_b, offs_n, seq_n
+        )
+        # The ranges are tiled from 0: start at the tile holding the first query of the keys' examples.
+        segment_lo = segment_lo // BLOCK_M * BLOCK_M
     bounds = (lo, fast_after_end, general_end, fast_before_end, seq_m)
     far_biases = (bias_after, 0.0, bias_before, 0.0)
     for segment in tl.static_range(4):
+        range_lo = bounds[segment]
+        range_hi = bounds[segment + 1]
+        if HAS_SEGMENTS:
+            range_lo = tl.maximum(range_lo, segment_lo)
+            range_hi = tl.minimum(range_hi, segment_hi)
         dk, dv, far_before, far_after = _backward_kv_range(
-            dk, dv, far_before, far_after, k, v, q_base, do_base, bounds[segment], bounds[segment + 1],
+            dk, dv, far_before, far_after, k, v, q_base, do_base, range_lo, range_hi,
             far_biases[segment], offs_n, offs_d, offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m,
             seq_n, stride_qm, stride_dom, qk_scale, query_offset, max_distance, LSE, DELTA, KEY_MASK, stride_mask_b,
             BIAS, stride_bias_b, stride_bias_h, stride_bias_m, stride_bias_n, DBIAS, stride_dbias_b, stride_dbias_h,
             stride_dbias_m, relative_grad_row, tile_buffer, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM,
             BLOCK_M, BLOCK_N, TILE_STEP, BLOCK_DIAGONALS, FAST_KEYS_BY_ROW, segment % 2 == 0,
             segment % 2 == 0 or (segment == 1 and NEAR_IN_BOUNDS and not CAUSAL), segment == 0, BIAS_KIND, BIAS_GRAD,
-            ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION, dropout_seed, dropout_p, HAS_DROPOUT,
+            ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION, dropout_seed, dropout_p, HAS_DROPOUT, key_segments,
+            query_segments_row, HAS_SEGMENTS,
         )  # fmt: skip
 
     if BIAS_GRAD:
@@ -819,6 +897,7 @@ def _backward_q_range(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_STEP: tl.constexpr, FAST: tl.constexpr,
     IN_BOUNDS: tl.constexpr, BIAS_KIND: tl.constexpr, ALIBI_ASYMMETRIC: tl.constexpr, CAUSAL: tl.constexpr,
     HAS_KEY_MASK: tl.constexpr, PRECISION: tl.constexpr, dropout_seed, dropout_p, HAS_DROPOUT: tl.constexpr,
+    query_segments, KEY_SEGMENTS_ROW, HAS_SEGMENTS: tl.constexpr,
 ):  # fmt: skip
     d_ok = offs_d[None, :] < HEAD_DIM
     # As in the key/value kernel: a bias-free or fast T5 tile's bias and the log-sum-exp shift the scores in one
@@ -840,6 +919,10 @@ def _backward_q_range(
             stride_bias_h, stride_bias_m, stride_bias_n, relative_bias, BLOCK_M, BLOCK_N, IN_BOUNDS, SCORE_BIAS_KIND,
             ALIBI_ASYMMETRIC, CAUSAL, HAS_KEY_MASK, PRECISION,
         )  # fmt: skip
+        if HAS_SEGMENTS:
+            offs_n = start_n + offs_n_block
+            key_segments = tl.load(KEY_SEGMENTS_ROW + offs_n, mask=offs_n < seq_n, other=0)
+            s = _same_segment(s, query_segments, key_segments, False)
         p = tl.exp2(s) if SHIFT_IN_SCORES else tl.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         if HAS_DROPOUT:
@@ -907,6 +990,13 @@ def _backward_q_kernel(
     DROPOUT_SEED,
     dropout_p,
     HAS_DROPOUT: tl.constexpr,
+    QUERY_SEGMENTS,
+    KEY_SEGMENTS,
+    KEY_SEGMENT_STARTS,
+    stride_query_segments_b,
+    stride_key_segments_b,
+    stride_starts_b,
+    HAS_SEGMENTS: tl.constexpr,
 ):
     """dQ of one query block, looping over the key blocks."""
     # torch.compile passes Python floats as fp64 scalars: keep every score product in fp32.
@@ -949,16 +1039,33 @@ def _backward_q_kernel(
     )
     # The ranges in turn; the even ones are fast (whole tiles, one far bias value), and without a causal mask the
     # second is in bounds too (see _key_ranges).
+    query_segments = 0
+    key_segments_row = KEY_SEGMENTS
+    if HAS_SEGMENTS:
+        key_segments_row = KEY_SEGMENTS + batch * stride_key_segments_b
+        query_segments, segment_lo, segment_hi = _segment_range(
+            QUERY_SEGMENTS + batch * stride_query_segments_b,
+            KEY_SEGMENT_STARTS + batch * stride_starts_b,
+            offs_m,
+            seq_m,
+        )
+        segment_lo = segment_lo // BLOCK_N * BLOCK_N
     bounds = (0, fast_before, general_end, fast_after, end)
     far_biases = (bias_before, 0.0, bias_after, 0.0)
     for segment in tl.static_range(4):
+        lo = bounds[segment]
+        hi = bounds[segment + 1]
+        if HAS_SEGMENTS:
+            lo = tl.maximum(lo, segment_lo)
+            hi = tl.minimum(hi, segment_hi)
         dq = _backward_q_range(
-            dq, q, do, lse, delta, k_base, v_base, bounds[segment], bounds[segment + 1], far_biases[segment], offs_m,
+            dq, q, do, lse, delta, k_base, v_base, lo, hi, far_biases[segment], offs_m,
             offs_d, offs_n_block, start_m, batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale,
             query_offset, max_distance, KEY_MASK, stride_mask_b, BIAS, stride_bias_b, stride_bias_h, stride_bias_m,
             stride_bias_n, BIAS_TILES, num_bias_tiles, bias_tile_lo, HEAD_DIM, BLOCK_M, BLOCK_N, TILE_STEP,
             segment % 2 == 0, segment % 2 == 0 or (segment == 1 and not CAUSAL), BIAS_KIND, ALIBI_ASYMMETRIC, CAUSAL,
-            HAS_KEY_MASK, PRECISION, dropout_seed, dropout_p, HAS_DROPOUT,
+            HAS_KEY_MASK, PRECISION, dropout_seed, dropout_p, HAS_DROPOUT, query_segments, key_segments_row,
+            HAS_SEGMENTS,
         )  # fmt: skip
 
     dq_ptrs = DQ + batch * stride_dqb + head * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
@@ -1061,9 +1168,17 @@ def _tile_arguments(tiles, max_distance, query_offset, config, like):
     return tiles, count, lo, step
 
 
+def _segment_arguments(query_segments, key_segments, starts, like):
+    """Pointers and batch strides of a packed call's segment ids and of one sequence's segment starts (placeholders
+    without segments); both starts arrays have one shape."""
+    if query_segments is None:
+        return like, like, like, 0, 0, 0
+    return query_segments, key_segments, starts, query_segments.stride(0), key_segments.stride(0), starts.stride(0)
+
+
 def _forward(
     q, k, v, key_mask, bias, tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset, dropout_p,
-    dropout_seed,
+    dropout_seed, query_segments=None, key_segments=None, key_segment_starts=None,
 ):  # fmt: skip
     batch, heads, seq_m, head_dim = q.shape
     seq_n = k.shape[2]
@@ -1084,14 +1199,23 @@ def _forward(
         BLOCK_N=config.block_n, TILE_STEP=tile_step, BIAS_KIND=bias_kind, ALIBI_ASYMMETRIC=alibi_asymmetric,
         CAUSAL=causal, HAS_KEY_MASK=key_mask is not None, PRECISION=_precision(q.dtype), SCALE_POSITIVE=scale > 0,
         DROPOUT_SEED=dropout_seed if dropout_seed is not None else q, dropout_p=dropout_p,
-        HAS_DROPOUT=dropout_seed is not None, num_warps=config.num_warps, num_stages=config.num_stages,
+        HAS_DROPOUT=dropout_seed is not None,
+        **dict(zip(SEGMENT_ARGUMENTS, _segment_arguments(query_segments, key_segments, key_segment_starts, q))),
+        HAS_SEGMENTS=query_segments is not None, num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out, lse
 
 
+SEGMENT_ARGUMENTS = (
+    "QUERY_SEGMENTS", "KEY_SEGMENTS", "KEY_SEGMENT_STARTS", "stride_query_segments_b", "stride_key_segments_b",
+    "stride_starts_b",
+)  # fmt: skip
+
+
 def _backward(
     grad_out, q, k, v, out, lse, key_mask, bias, kv_tiles, q_tiles, bias_kind, scale, causal, alibi_asymmetric,
-    max_distance, query_offset, dropout_p, dropout_seed, bias_grad,
+    max_distance, query_offset, dropout_p, dropout_seed, bias_grad, query_segments=None, key_segments=None,
+    query_segment_starts=None, key_segment_starts=None,
 ):  # fmt: skip
     batch, heads, seq_m, head_dim = q.shape
     seq_n = k.shape[2]
@@ -1123,7 +1247,15 @@ def _backward(
         "DROPOUT_SEED": dropout_seed if dropout_seed is not None else q,
         "dropout_p": dropout_p,
         "HAS_DROPOUT": dropout_seed is not None,
+        "HAS_SEGMENTS": query_segments is not None,
     }
+    # The key/value kernel takes the queries' segment starts (which queries see a key tile), the query kernel the
+    # keys' (which keys a query tile sees).
+    kv_segments = _segment_arguments(query_segments, key_segments, query_segment_starts, q)
+    kv_segments = dict(
+        zip(("QUERY_SEGMENTS", "KEY_SEGMENTS", "QUERY_SEGMENT_STARTS", *SEGMENT_ARGUMENTS[3:]), kv_segments)
+    )
+    q_segments = dict(zip(SEGMENT_ARGUMENTS, _segment_arguments(query_segments, key_segments, key_segment_starts, q)))
 
     config = configs["backward_kv"]
     num_n_blocks = triton.cdiv(seq_n, config.block_n)
@@ -1150,7 +1282,7 @@ def _backward(
         heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=tile_step,
         BLOCK_DIAGONALS=triton.next_power_of_2(config.block_m + config.block_n), BIAS_GRAD=bias_grad,
-        FAST_KEYS_BY_ROW=config.fast_keys_by_row, NEAR_IN_BOUNDS=config.near_in_bounds, **common,
+        FAST_KEYS_BY_ROW=config.fast_keys_by_row, NEAR_IN_BOUNDS=config.near_in_bounds, **common, **kv_segments,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
 
@@ -1163,7 +1295,7 @@ def _backward(
         dq.stride(0), dq.stride(1), dq.stride(2),
         key_mask.stride(0) if key_mask is not None else 0, *_bias_strides(bias, bias_kind),
         heads, seq_m, seq_n, scale, scale * LOG2E, query_offset, max_distance, num_tiles, tile_lo,
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=tile_step, **common,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_STEP=tile_step, **common, **q_segments,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
 
@@ -1179,7 +1311,7 @@ def _backward(
 
 
 def _attention_forward_fake(
-    q, k, v, key_mask, bias, forward_tiles, backward_kv_tiles, backward_q_tiles, bias_kind, *options
+    q, k, v, key_mask, bias, forward_tiles, backward_kv_tiles, backward_q_tiles, bias_kind, *options_and_segments
 ):
     batch, heads, seq_m, head_dim = q.shape
     out = q.new_empty(batch, seq_m, heads, head_dim)
@@ -1191,7 +1323,7 @@ def _attention_backward_fake(
 ):
     batch, heads, seq_m, head_dim = q.shape
     seq_n = k.shape[2]
-    bias_grad = options[-1]
+    bias_grad = options[6]
     dq = _new_like_heads_last(batch, heads, seq_m, head_dim, q)
     dk = _new_like_heads_last(batch, heads, seq_n, head_dim, k)
     dv = _new_like_heads_last(batch, heads, seq_n, head_dim, v)
@@ -1218,10 +1350,14 @@ def attention_forward_op(
     query_offset: int,
     dropout_p: float,
     dropout_seed: torch.Tensor | None,
+    query_segments: torch.Tensor | None,
+    key_segments: torch.Tensor | None,
+    query_segment_starts: torch.Tensor | None,
+    key_segment_starts: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _forward(
         q, k, v, key_mask, bias, forward_tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, query_offset,
-        dropout_p, dropout_seed,
+        dropout_p, dropout_seed, query_segments, key_segments, key_segment_starts,
     )  # fmt: skip
 
 
@@ -1246,32 +1382,39 @@ def attention_backward_op(
     query_offset: int,
     dropout_p: float,
     bias_grad: bool,
+    query_segments: torch.Tensor | None,
+    key_segments: torch.Tensor | None,
+    query_segment_starts: torch.Tensor | None,
+    key_segment_starts: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _backward(
         grad_out, q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, bias_kind, scale, causal,
-        alibi_asymmetric, max_distance, query_offset, dropout_p, dropout_seed, bias_grad,
+        alibi_asymmetric, max_distance, query_offset, dropout_p, dropout_seed, bias_grad, query_segments, key_segments,
+        query_segment_starts, key_segment_starts,
     )  # fmt: skip
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, key_mask, bias, _forward_tiles, backward_kv_tiles, backward_q_tiles, bias_kind, *options = inputs
-    *options, dropout_seed = options
+    *options, dropout_seed = options[:7]
     out, lse = output
     # The dropout seed is kept, not the mask: the backward kernels draw the forward's mask again.
-    ctx.save_for_backward(q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, dropout_seed)
+    ctx.save_for_backward(
+        q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, dropout_seed, *inputs[-4:]
+    )
     ctx.options = (bias_kind, *options)
 
 
 def _backward_from_autograd(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, dropout_seed = ctx.saved_tensors
+    q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, dropout_seed, *segments = ctx.saved_tensors
     bias_kind = ctx.options[0]
     bias_grad = bias_kind in (BIAS_RELATIVE, BIAS_DENSE) and ctx.needs_input_grad[4]
     dq, dk, dv, dbias = attention_backward_op(
         grad_out, q, k, v, out, lse, key_mask, bias, backward_kv_tiles, backward_q_tiles, dropout_seed,
-        *ctx.options, bias_grad,
+        *ctx.options, bias_grad, *segments,
     )  # fmt: skip
-    # The key mask, the bias tiles, the dropout seed and the options take no gradient.
-    return dq, dk, dv, None, dbias if bias_grad else None, *([None] * 11)
+    # The key mask, the bias tiles, the dropout seed, the segments and the options take no gradient.
+    return dq, dk, dv, None, dbias if bias_grad else None, *([None] * 15)
 
 
 attention_forward_op.register_autograd(_backward_from_autograd, setup_context=_setup_context)
@@ -1405,6 +1548,8 @@ def fat5_attention(
     alibi_slopes: torch.Tensor | None = None,
     alibi_asymmetric: bool = False,
     query_offset: int | None = None,
+    query_segment_ids: torch.Tensor | None = None,
+    key_segment_ids: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: (batch, heads, length, head_dim) inputs, (batch, query, heads, head_dim) out.
@@ -1413,6 +1558,10 @@ def fat5_attention(
     parameters), `alibi_slopes` (heads,) with `alibi_asymmetric`, or a dense `position_bias`. `attention_mask` is the
     (batch, key) padding mask of the `fat5` mask function (True = attend), or None. Causal attention aligns the last
     query with the last key (`query_offset` = cached keys). Attention weights are not computed (None is returned).
+
+    Packed rows (several examples a row) come as `query_segment_ids` (batch, query) and `key_segment_ids` (batch,
+    key): each example's tokens share an id, ids rise from 1 along a row and padding (0) comes last. A query attends
+    only to keys of its own id; the kernels skip the tiles outside its example.
     """
     if query.device != key.device or query.device != value.device:
         raise ValueError(
@@ -1428,6 +1577,15 @@ def fat5_attention(
             f"{(key.shape[0], key.shape[2])}."
         )
     seq_m, seq_n = query.shape[2], key.shape[2]
+    if (query_segment_ids is None) != (key_segment_ids is None):
+        raise ValueError("Packed attention needs both `query_segment_ids` and `key_segment_ids`, or neither.")
+    if query_segment_ids is not None and (
+        query_segment_ids.shape != (query.shape[0], seq_m) or key_segment_ids.shape != (key.shape[0], seq_n)
+    ):
+        raise ValueError(
+            f"Segment ids of shapes {tuple(query_segment_ids.shape)} and {tuple(key_segment_ids.shape)} do not match "
+            f"the (batch, length) of the queries {(query.shape[0], seq_m)} and keys {(key.shape[0], seq_n)}."
+        )
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
     scale = query.shape[-1] ** -0.5 if scaling is None else float(scaling)
     refusal = kernel_refusal(query, key, value, attention_mask, dropout)
@@ -1462,6 +1620,14 @@ def fat5_attention(
         full_bias = dense_bias(bias_kind, bias, seq_m, seq_n, offset, max_distance, alibi_asymmetric, query.device)
         key_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
         other_mask = attention_mask if key_mask is None else None
+        if query_segment_ids is not None:
+            same_segment = (query_segment_ids[:, None, :, None] == key_segment_ids[:, None, None, :]) & (
+                key_segment_ids[:, None, None, :] != 0
+            )
+            if other_mask is not None and other_mask.dtype != torch.bool:
+                other_mask = other_mask.masked_fill(~same_segment, torch.finfo(other_mask.dtype).min)
+            else:
+                other_mask = same_segment if other_mask is None else other_mask & same_segment
         out = _sdpa_with_bias(query, key, value, key_mask, other_mask, full_bias, scale, causal, offset, dropout)
         return out, None
 
@@ -1474,12 +1640,34 @@ def fat5_attention(
     if bias_kind == BIAS_RELATIVE:
         configs = kernel_configs(query.shape[-1], query.dtype)
         tiles = relative_bias_tiles(bias, max_distance, offset, configs, query.dtype)
+    segments = (None, None, None, None)
+    if query_segment_ids is not None:
+        query_segment_ids = query_segment_ids.to(torch.int32).contiguous()
+        key_segment_ids = key_segment_ids.to(torch.int32).contiguous()
+        # Ids index the starts arrays: a row of n tokens has at most n examples.
+        max_segments = max(seq_m, seq_n)
+        segments = (
+            query_segment_ids,
+            key_segment_ids,
+            segment_starts(query_segment_ids, max_segments),
+            segment_starts(key_segment_ids, max_segments),
+        )
     dropout = float(dropout)
     out, _ = attention_forward_op(
         query, key, value, key_mask, bias, *tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, offset,
-        dropout, draw_dropout_seed(query.device) if dropout > 0.0 else None,
+        dropout, draw_dropout_seed(query.device) if dropout > 0.0 else None, *segments,
     )  # fmt: skip
     return out, None
+
+
+def segment_starts(segment_ids: torch.Tensor, max_segments: int) -> torch.Tensor:
+    """(batch, max_segments + 2) int32: where each segment id's tokens start in its row (entry s, for s >= 1), and
+    where they end (entry s + 1), for rows whose ids rise from 1 and whose padding (0) comes last. Static shapes: one
+    compiled graph whatever the number of examples."""
+    counts = torch.zeros(segment_ids.shape[0], max_segments + 2, dtype=torch.int32, device=segment_ids.device)
+    counts.scatter_add_(1, segment_ids.long(), torch.ones_like(segment_ids))
+    counts[:, 0] = 0
+    return (counts.cumsum(1, dtype=torch.int32) - counts).contiguous()
 
 
 def draw_dropout_seed(device: torch.device) -> torch.Tensor:
