@@ -1,6 +1,7 @@
 """Bad input gets a clear error naming the problem; padding, position encodings and heads behave as documented."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -58,12 +59,45 @@ def token_ids(batch=2, length=9, seed=0):
         ("z_loss", -1.0),
         ("label_smoothing", 1.0),
         ("attention_scale", 0.0),
+        # sizes: zero-width attention or no layers would build and train without an error
+        ("vocab_size", 0),
+        ("d_model", 0),
+        ("d_kv", 0),
+        ("d_ff", 0),
+        ("num_heads", 0),
+        ("num_layers", 0),
+        ("num_decoder_layers", 0),
+        ("num_heads", -2),
+        # an activation transformers does not know (a bare KeyError when the model is built)
+        ("feed_forward_proj", "foo"),
+        ("feed_forward_proj", "gated-foo"),
+        # rates
+        ("dropout_rate", -0.1),
+        ("dropout_rate", 1.0),
+        ("classifier_dropout", 1.0),
+        ("layer_norm_epsilon", 0.0),
+        ("layer_norm_epsilon", -1e-6),
     ],
 )
 def test_impossible_config_names_the_field(field, value):
     with pytest.raises(StrictDataclassClassValidationError, match=field) as error:
         tiny_config(**{field: value})
     assert isinstance(error.value.__cause__, ValueError)
+
+
+def test_edge_of_the_valid_range_is_accepted():
+    config = tiny_config(
+        dropout_rate=0.0,
+        classifier_dropout=0.0,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=1,
+        d_kv=2,
+        layer_norm_epsilon=1e-12,
+        feed_forward_proj="gated-silu",
+    )
+    model = FlashT5ForConditionalGeneration(config).eval()
+    assert model(input_ids=token_ids(), decoder_input_ids=token_ids(length=3)).logits.shape == (2, 3, VOCAB)
 
 
 def test_rotary_fraction_must_select_dimensions():
@@ -85,6 +119,27 @@ def test_rotary_fraction_must_select_dimensions():
 def test_bad_encoder_inputs(inputs, error, message):
     model = FlashT5EncoderModel(tiny_config()).eval()
     with pytest.raises(error, match=message):
+        model(**inputs)
+
+
+@pytest.mark.parametrize(
+    "inputs, name, shape",
+    [
+        ({"input_ids": torch.ones(0, 9, dtype=torch.long)}, "input_ids", (0, 9)),
+        ({"input_ids": torch.ones(2, 0, dtype=torch.long)}, "input_ids", (2, 0)),
+        ({"inputs_embeds": torch.ones(0, 9, 32)}, "inputs_embeds", (0, 9, 32)),
+        ({"inputs_embeds": torch.ones(2, 0, 32)}, "inputs_embeds", (2, 0, 32)),
+        (
+            {"input_ids": token_ids(), "decoder_input_ids": torch.ones(2, 0, dtype=torch.long)},
+            "decoder_input_ids",
+            (2, 0),
+        ),
+    ],
+)
+def test_empty_batch_or_sequence_names_the_input(inputs, name, shape):
+    model = FlashT5ForConditionalGeneration(tiny_config()).eval()
+    inputs = {"decoder_input_ids": token_ids(length=4), **inputs}
+    with pytest.raises(ValueError, match=rf"`{name}` has shape {re.escape(str(shape))}"):
         model(**inputs)
 
 

@@ -16,6 +16,7 @@
 import copy
 
 from huggingface_hub.dataclasses import strict
+from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.utils import auto_docstring
 
@@ -152,12 +153,41 @@ class FlashT5Config(PreTrainedConfig):
 
     def validate_architecture(self):
         """Part of `@strict`-powered validation: impossible combinations raise a `ValueError` naming the field."""
+        # The message gives T5's name too (`d_model` for `hidden_size`, ...): checkpoints and users write those.
+        aliases = {field: alias for alias, field in self.attribute_map.items()}
+        sizes = (
+            "vocab_size",
+            "hidden_size",
+            "d_kv",
+            "intermediate_size",
+            "num_heads",
+            "num_layers",
+            "num_decoder_layers",
+        )
+        for name in sizes:
+            size = getattr(self, name)
+            if size < 1:
+                alias = f" (`{aliases[name]}`)" if name in aliases else ""
+                raise ValueError(f"`{name}`{alias}={size} must be positive.")
         parts = self.feed_forward_proj.split("-")
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
             raise ValueError(
                 f"`feed_forward_proj`={self.feed_forward_proj!r} is not an activation name or `gated-` followed by "
                 "one, e.g. 'relu' or 'gated-gelu'."
             )
+        if self.dense_act_fn not in ACT2FN:
+            raise ValueError(
+                f"`feed_forward_proj`={self.feed_forward_proj!r} names the activation {parts[-1]!r}, which is not one "
+                "of transformers' (`transformers.activations.ACT2FN`), e.g. 'relu', 'gelu', 'gelu_new' or 'silu'."
+            )
+        for name, rate in (
+            ("dropout_rate", self.dropout_rate),
+            ("classifier_dropout", self.classifier_dropout),
+        ):
+            if not 0 <= rate < 1:
+                raise ValueError(f"`{name}`={rate} must lie in [0, 1).")
+        if self.layer_norm_epsilon <= 0:
+            raise ValueError(f"`layer_norm_epsilon`={self.layer_norm_epsilon} must be positive.")
         if self.position_encoding_type not in POSITION_ENCODING_TYPES:
             raise ValueError(
                 f"`position_encoding_type`={self.position_encoding_type!r} is not one of {POSITION_ENCODING_TYPES}."
@@ -191,8 +221,6 @@ class FlashT5Config(PreTrainedConfig):
             raise ValueError(f"`z_loss`={self.z_loss} must not be negative.")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"`label_smoothing`={self.label_smoothing} must lie in [0, 1).")
-        if not 0 <= self.classifier_dropout < 1:
-            raise ValueError(f"`classifier_dropout`={self.classifier_dropout} must lie in [0, 1).")
 
 
 __all__ = ["FlashT5Config"]

@@ -535,6 +535,15 @@ def check_token_inputs(input_ids, attention_mask, inputs_embeds, name=""):
             )
         batch_and_length = tuple(inputs_embeds.shape[:2])
     batch_size, length = batch_and_length
+    if batch_size == 0 or length == 0:
+        given, tensor = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
+        raise ValueError(
+            f"`{name}{given}` has shape {tuple(tensor.shape)}: the model needs at least one sequence of at least one "
+            "token."
+        )
+    if attention_mask is not None and not isinstance(attention_mask, torch.Tensor) and name:
+        # Flex attention's `generate` with a compilable cache hands the decoder a prepared `BlockMask`.
+        return
     if attention_mask is not None and attention_mask.dim() == 4 and name:
         # `generate` with a compilable cache (`cache_implementation="static"`) hands the decoder a prepared 4D mask,
         # (batch, 1, new tokens, cache length).
