@@ -45,6 +45,7 @@ from fat5.models.flash_t5.checkpoint_conversion import (
     is_legacy_config,
     legacy_config_to_native,
 )
+from fat5.models.flash_t5.modeling_flash_t5 import FlashT5Attention
 
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "reference_fat5"
@@ -170,6 +171,16 @@ def test_legacy_config_is_mapped():
     assert fire.position_encoding_type == "fire" and fire.fire_hidden_size == 16
 
 
+def test_legacy_attention_dropout_rate_is_kept():
+    """The reference drops attention probabilities at `attention_dropout_rate` (0.0 here), not at `dropout_rate`."""
+    config = FlashT5Config.from_pretrained(FIXTURES / "rope")
+    assert config.dropout_rate == pytest.approx(0.1)
+    assert config.attention_dropout_rate == 0.0
+    model = FlashT5ForConditionalGeneration(config)
+    attentions = [module for module in model.modules() if isinstance(module, FlashT5Attention)]
+    assert len(attentions) == 6 and all(attention.dropout == 0.0 for attention in attentions)
+
+
 def test_legacy_config_to_native_cases():
     base = {"model_type": "flash_t5", "num_heads": 16, "use_glu_mlp": False, "use_gelu_act": True}
     native = legacy_config_to_native(base)
@@ -177,6 +188,9 @@ def test_legacy_config_to_native_cases():
     assert native["attention_scale"] == pytest.approx(0.25)
     assert native["z_loss"] == 0.0
     assert native["pad_token_id"] == 0
+    # the reference's attention dropout: its value, 0.0 (its default) when absent
+    assert native["attention_dropout_rate"] == 0.0
+    assert legacy_config_to_native({**base, "attention_dropout_rate": 0.2})["attention_dropout_rate"] == 0.2
     # older hub revisions say use_flash_attention instead of attention_type
     older = legacy_config_to_native({**base, "use_flash_attention": "ref", "use_triton_gated_mlp": False})
     assert "use_flash_attention" not in older and "use_triton_gated_mlp" not in older

@@ -16,6 +16,7 @@ from fat5 import (
     FlashT5ForSequenceClassification,
     FlashT5ForTokenClassification,
 )
+from fat5.models.flash_t5.modeling_flash_t5 import FlashT5Attention
 
 
 VOCAB = 64
@@ -74,6 +75,8 @@ def token_ids(batch=2, length=9, seed=0):
         # rates
         ("dropout_rate", -0.1),
         ("dropout_rate", 1.0),
+        ("attention_dropout_rate", -0.1),
+        ("attention_dropout_rate", 1.0),
         ("classifier_dropout", 1.0),
         ("layer_norm_epsilon", 0.0),
         ("layer_norm_epsilon", -1e-6),
@@ -88,6 +91,7 @@ def test_impossible_config_names_the_field(field, value):
 def test_edge_of_the_valid_range_is_accepted():
     config = tiny_config(
         dropout_rate=0.0,
+        attention_dropout_rate=0.0,
         classifier_dropout=0.0,
         num_layers=1,
         num_decoder_layers=1,
@@ -309,6 +313,64 @@ def test_first_layer_position_bias_is_shared_by_the_stack():
         after = model(input_ids=input_ids, decoder_input_ids=input_ids, output_attentions=True)
     for layer in range(2):
         assert not torch.allclose(before.encoder_attentions[layer], after.encoder_attentions[layer])
+
+
+# Attention dropout
+
+
+@pytest.mark.parametrize("attention_dropout_rate", [None, 0.0, 0.3])
+def test_attention_dropout_rate_round_trips(attention_dropout_rate, tmp_path):
+    tiny_config(attention_dropout_rate=attention_dropout_rate).save_pretrained(tmp_path)
+    assert FlashT5Config.from_pretrained(tmp_path).attention_dropout_rate == attention_dropout_rate
+
+
+def attention_in_training(attn_implementation, **rates):
+    """The first encoder self-attention of a model with these dropout rates, in training, on fixed inputs: its output
+    and attention weights in eval mode (no dropout), then twice in training."""
+    torch.manual_seed(0)
+    model = FlashT5EncoderModel(tiny_config(attn_implementation=attn_implementation, **rates))
+    attention = model.encoder.block[0].layer[0].SelfAttention
+    hidden = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        evaluated = attention.eval()(hidden)
+        trained = [attention.train()(hidden) for _ in range(2)]
+    return (evaluated[0], evaluated[2]), [(output, weights) for output, _, weights in trained]
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_attention_dropout_rate_sets_the_attention_probabilities_dropout(attn_implementation):
+    # 0 overrides T5's `dropout_rate` for the attention probabilities: the attention of a model in training is its
+    # attention in eval mode
+    (expected, _), trained = attention_in_training(attn_implementation, dropout_rate=0.5, attention_dropout_rate=0.0)
+    for output, _ in trained:
+        torch.testing.assert_close(output, expected, rtol=0, atol=0)
+    # None is T5's behaviour (the attention probabilities are dropped at `dropout_rate`), and a rate of its own drops
+    # them without `dropout_rate`
+    for rates in (
+        {"dropout_rate": 0.5, "attention_dropout_rate": None},
+        {"dropout_rate": 0.0, "attention_dropout_rate": 0.5},
+    ):
+        (expected, _), trained = attention_in_training(attn_implementation, **rates)
+        assert not torch.allclose(trained[0][0], expected)
+        assert not torch.allclose(trained[0][0], trained[1][0])
+
+
+def test_attention_dropout_rate_drops_each_probability_at_that_rate():
+    """Eager attention returns the dropped probabilities: each is zero or its eval-mode value scaled by 1 / (1 - p)."""
+    rate = 0.25
+    (_, expected), trained = attention_in_training("eager", dropout_rate=0.0, attention_dropout_rate=rate)
+    weights = trained[0][1]
+    kept = weights != 0
+    torch.testing.assert_close(weights[kept], expected[kept] / (1 - rate))
+    dropped = (weights == 0) & (expected != 0)
+    assert 0.15 < dropped.sum().item() / (expected != 0).sum().item() < 0.35
+
+
+def test_attention_dropout_rate_leaves_the_other_dropouts_at_dropout_rate():
+    model = FlashT5ForConditionalGeneration(tiny_config(dropout_rate=0.1, attention_dropout_rate=0.0))
+    attentions = [module for module in model.modules() if isinstance(module, FlashT5Attention)]
+    assert len(attentions) == 6 and all(attention.dropout == 0.0 for attention in attentions)
+    assert {module.p for module in model.modules() if isinstance(module, torch.nn.Dropout)} == {0.1}
 
 
 # Heads

@@ -46,7 +46,6 @@ _DROPPED_LEGACY_KEYS = (
     "use_full_bias_size",
     "use_masking",
     "max_sequence_length",
-    "attention_dropout_rate",
     "use_randomized_position_encoding",
 )
 # Keys whose presence tells a config written by the reference implementation.
@@ -141,6 +140,9 @@ def legacy_config_to_native(config_dict: dict) -> dict:
     if "fire_mlp_width" in config:
         config["fire_hidden_size"] = config.pop("fire_mlp_width")
 
+    # The reference drops attention probabilities at its own rate, 0 by default (not at `dropout_rate`).
+    if config.get("attention_dropout_rate") is None:
+        config["attention_dropout_rate"] = 0.0
     if config.get("z_loss") is None:
         config["z_loss"] = 0.0
     if config.get("label_smoothing") is None:

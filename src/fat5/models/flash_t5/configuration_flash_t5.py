@@ -42,6 +42,9 @@ class FlashT5Config(PreTrainedConfig):
         How attention knows about positions: `"t5"` (bucketed relative position bias, learned), `"alibi"` (linear
         biases with fixed slopes), `"rope"` (rotary embeddings of queries and keys) or `"fire"` (a learned function
         of the relative distance).
+    attention_dropout_rate (`float`, *optional*):
+        The dropout ratio of the attention probabilities, in training. `None` (the default) uses `dropout_rate`, as
+        T5 does.
     alibi_mode (`str`, *optional*, defaults to `"symmetric"`):
         With ALiBi, `"symmetric"` penalises distance alike on both sides of the query; `"asymmetric"` gives keys
         before and after the query their own slopes (encoder only: the decoder is causal).
@@ -99,6 +102,7 @@ class FlashT5Config(PreTrainedConfig):
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     dropout_rate: float | int = 0.1
+    attention_dropout_rate: float | int | None = None
     layer_norm_epsilon: float = 1e-6
     initializer_factor: float = 1.0
     feed_forward_proj: str = "relu"
@@ -182,9 +186,10 @@ class FlashT5Config(PreTrainedConfig):
             )
         for name, rate in (
             ("dropout_rate", self.dropout_rate),
+            ("attention_dropout_rate", self.attention_dropout_rate),
             ("classifier_dropout", self.classifier_dropout),
         ):
-            if not 0 <= rate < 1:
+            if rate is not None and not 0 <= rate < 1:
                 raise ValueError(f"`{name}`={rate} must lie in [0, 1).")
         if self.layer_norm_epsilon <= 0:
             raise ValueError(f"`layer_norm_epsilon`={self.layer_norm_epsilon} must be positive.")

@@ -248,7 +248,8 @@ class FlashT5Attention(nn.Module):
         self.layer_idx = layer_idx
         self.key_value_proj_dim = config.d_kv
         self.n_heads = config.num_heads
-        self.dropout = config.dropout_rate
+        # T5 drops attention probabilities at `dropout_rate`; FAT5 checkpoints may set their own rate.
+        self.dropout = config.dropout_rate if config.attention_dropout_rate is None else config.attention_dropout_rate
         self.inner_dim = self.n_heads * self.key_value_proj_dim
         self.scaling = config.attention_scale
         # Positions enter self-attention only; cross-attention sees the encoder's states without a position signal.
