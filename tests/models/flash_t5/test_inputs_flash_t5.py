@@ -80,6 +80,9 @@ def token_ids(batch=2, length=9, seed=0):
         ("classifier_dropout", 1.0),
         ("layer_norm_epsilon", 0.0),
         ("layer_norm_epsilon", -1e-6),
+        # the reference implementation's semantics, which only mean something for their own position encoding
+        ("alibi_asymmetric_decoder", True),
+        ("rotary_value_and_cross_attention", True),
     ],
 )
 def test_impossible_config_names_the_field(field, value):
@@ -102,6 +105,10 @@ def test_edge_of_the_valid_range_is_accepted():
     )
     model = FlashT5ForConditionalGeneration(config).eval()
     assert model(input_ids=token_ids(), decoder_input_ids=token_ids(length=3)).logits.shape == (2, 3, VOCAB)
+    rope = tiny_config(position_encoding_type="rope", rotary_value_and_cross_attention=True)
+    assert rope.rotary_value_and_cross_attention
+    alibi = tiny_config(position_encoding_type="alibi", alibi_mode="asymmetric", alibi_asymmetric_decoder=True)
+    assert alibi.alibi_asymmetric_decoder
 
 
 def test_rotary_fraction_must_select_dimensions():

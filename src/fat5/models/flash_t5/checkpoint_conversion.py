@@ -130,6 +130,11 @@ def legacy_config_to_native(config_dict: dict) -> dict:
     if alibi_mode not in _ALIBI_MODES:
         raise ValueError(f"Unknown `alibi_mode` {alibi_mode!r} in a reference FAT5 config.")
     config["alibi_mode"] = _ALIBI_MODES[alibi_mode]
+    # The reference's asymmetric ALiBi also applies in the decoder, and its RoPE rotates values and cross-attention.
+    if config["position_encoding_type"] == "alibi" and config["alibi_mode"] == "asymmetric":
+        config["alibi_asymmetric_decoder"] = True
+    if config["position_encoding_type"] == "rope":
+        config["rotary_value_and_cross_attention"] = True
 
     if "rotary_emb_fraction" in config:
         config["rotary_fraction"] = config.pop("rotary_emb_fraction")

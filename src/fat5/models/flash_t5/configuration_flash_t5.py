@@ -47,7 +47,12 @@ class FlashT5Config(PreTrainedConfig):
         T5 does.
     alibi_mode (`str`, *optional*, defaults to `"symmetric"`):
         With ALiBi, `"symmetric"` penalises distance alike on both sides of the query; `"asymmetric"` gives keys
-        before and after the query their own slopes (encoder only: the decoder is causal).
+        before and after the query their own slopes (encoder only, unless `alibi_asymmetric_decoder`: the decoder is
+        causal).
+    alibi_asymmetric_decoder (`bool`, *optional*, defaults to `False`):
+        With asymmetric ALiBi, whether the decoder's causal self-attention is asymmetric too: its second half of
+        the heads, which look only forwards, then see only their own position. Set for checkpoints of the reference
+        FAT5 implementation, which does so.
     rotary_fraction (`float`, *optional*, defaults to 1.0):
         With RoPE, the fraction of each head's dimensions that is rotated.
     rotary_base (`float`, *optional*, defaults to 10000.0):
@@ -55,6 +60,10 @@ class FlashT5Config(PreTrainedConfig):
     rotary_interleaved (`bool`, *optional*, defaults to `False`):
         With RoPE, whether rotated pairs are adjacent dimensions (GPT-J style) rather than the two halves of the
         rotated dimensions (GPT-NeoX style).
+    rotary_value_and_cross_attention (`bool`, *optional*, defaults to `False`):
+        With RoPE, whether values are rotated as well as queries and keys, and the decoder's cross-attention too
+        (queries at their decoder positions, keys and values at their encoder positions). Set for checkpoints of the
+        reference FAT5 implementation, which does so.
     fire_hidden_size (`int`, *optional*, defaults to 32):
         With FIRE, the width of the MLP that maps a relative distance to one bias per head.
     attention_scale (`float`, *optional*, defaults to 1.0):
@@ -108,9 +117,11 @@ class FlashT5Config(PreTrainedConfig):
     feed_forward_proj: str = "relu"
     position_encoding_type: str = "t5"
     alibi_mode: str = "symmetric"
+    alibi_asymmetric_decoder: bool = False
     rotary_fraction: float | int = 1.0
     rotary_base: float | int = 10000.0
     rotary_interleaved: bool = False
+    rotary_value_and_cross_attention: bool = False
     fire_hidden_size: int = 32
     attention_scale: float | int = 1.0
     z_loss: float | int = 0.0
@@ -199,6 +210,17 @@ class FlashT5Config(PreTrainedConfig):
             )
         if self.alibi_mode not in ALIBI_MODES:
             raise ValueError(f"`alibi_mode`={self.alibi_mode!r} is not one of {ALIBI_MODES}.")
+        if self.alibi_asymmetric_decoder and (self.position_encoding_type, self.alibi_mode) != ("alibi", "asymmetric"):
+            raise ValueError(
+                "`alibi_asymmetric_decoder`=True makes asymmetric ALiBi apply in the decoder too: it needs "
+                f"`position_encoding_type`='alibi' and `alibi_mode`='asymmetric', got {self.position_encoding_type!r} "
+                f"and {self.alibi_mode!r}."
+            )
+        if self.rotary_value_and_cross_attention and self.position_encoding_type != "rope":
+            raise ValueError(
+                "`rotary_value_and_cross_attention`=True extends rotary embeddings: it needs "
+                f"`position_encoding_type`='rope', got {self.position_encoding_type!r}."
+            )
         if self.position_encoding_type == "t5":
             if self.relative_attention_num_buckets < 4:
                 raise ValueError(

@@ -252,9 +252,15 @@ class FlashT5Attention(nn.Module):
         self.dropout = config.dropout_rate if config.attention_dropout_rate is None else config.attention_dropout_rate
         self.inner_dim = self.n_heads * self.key_value_proj_dim
         self.scaling = config.attention_scale
-        # Positions enter self-attention only; cross-attention sees the encoder's states without a position signal.
+        # Positions enter self-attention only; cross-attention sees the encoder's states without a position signal,
+        # unless `rotary_value_and_cross_attention` has the stack hand it rotary embeddings.
         self.position_encoding_type = None if is_cross_attention else config.position_encoding_type
         self.has_position_bias = has_position_bias and self.position_encoding_type in ("t5", "alibi", "fire")
+        # CODEPATH: asymmetric ALiBi checkpoints; those of the reference implementation are asymmetric in the causal
+        # decoder too, where the heads that look forwards see only their own position.
+        self.alibi_asymmetric = config.alibi_mode == "asymmetric" and (
+            not is_causal or config.alibi_asymmetric_decoder
+        )
 
         self.q = nn.Linear(config.hidden_size, self.inner_dim, bias=False)
         self.k = nn.Linear(config.hidden_size, self.inner_dim, bias=False)
@@ -288,17 +294,14 @@ class FlashT5Attention(nn.Module):
         if self.position_encoding_type == "fire":
             return self.fire(query_length, key_length, past_seen_tokens, device=device)
         slopes = torch.tensor(alibi_slopes(self.n_heads), dtype=torch.float32, device=device)
-        # CODEPATH: symmetric for FAT5 ALiBi checkpoints trained with `alibi_mode="symetric"`; asymmetric for
-        # `alibi_mode="asymetric"` ones (the reference's spelling).
-        asymmetric = self.config.alibi_mode == "asymmetric" and not self.is_causal
         half_slopes = torch.tensor(alibi_slopes(self.n_heads // 2), dtype=torch.float32, device=device).repeat(2)
         if in_kernel:
-            return half_slopes if asymmetric else slopes
+            return half_slopes if self.alibi_asymmetric else slopes
         query_position = torch.arange(query_length, dtype=torch.long, device=device)[:, None] + past_seen_tokens
         key_position = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
         distance = key_position - query_position
-        # CODEPATH: symmetric ALiBi checkpoints, and every decoder (causal masking leaves one side only).
-        if not asymmetric:
+        # CODEPATH: symmetric ALiBi checkpoints, and the decoders of asymmetric ones (causal masking leaves one side).
+        if not self.alibi_asymmetric:
             return (-slopes[:, None, None] * distance.abs()).unsqueeze(0)
         # Asymmetric: the first half of the heads looks only backwards, the second half only forwards, each half with
         # the slopes of a model of half as many heads.
@@ -315,9 +318,14 @@ class FlashT5Attention(nn.Module):
         key_value_states=None,
         position_bias=None,
         position_embeddings=None,
+        key_position_embeddings=None,
         cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ):
+        """
+        `position_embeddings` are the rotary (cos, sin) of the query positions, and of the key positions in
+        self-attention; `key_position_embeddings` those of the cross-attention's keys (the encoder positions).
+        """
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.key_value_proj_dim)
         past_seen_tokens = cache.get_seq_length(self.layer_idx) if cache is not None else 0
@@ -326,6 +334,8 @@ class FlashT5Attention(nn.Module):
             past_seen_tokens = past_seen_tokens.clone()
 
         query_states = self.q(hidden_states).view(hidden_shape).transpose(1, 2)
+        if position_embeddings is not None:
+            query_states = apply_rotary(query_states, *position_embeddings, self.config.rotary_interleaved)
 
         is_updated = False
         curr_cache = cache
@@ -341,10 +351,13 @@ class FlashT5Attention(nn.Module):
             kv_shape = (*current_states.shape[:-1], -1, self.key_value_proj_dim)
             key_states = self.k(current_states).view(kv_shape).transpose(1, 2)
             value_states = self.v(current_states).view(kv_shape).transpose(1, 2)
-            if position_embeddings is not None:
-                cos, sin = position_embeddings
-                query_states = apply_rotary(query_states, cos, sin, self.config.rotary_interleaved)
-                key_states = apply_rotary(key_states, cos, sin, self.config.rotary_interleaved)
+            if not self.is_cross_attention:
+                key_position_embeddings = position_embeddings
+            if key_position_embeddings is not None:
+                key_states = apply_rotary(key_states, *key_position_embeddings, self.config.rotary_interleaved)
+                # CODEPATH: RoPE checkpoints of the reference implementation rotate the values too.
+                if self.config.rotary_value_and_cross_attention:
+                    value_states = apply_rotary(value_states, *key_position_embeddings, self.config.rotary_interleaved)
             if cache is not None:
                 key_states, value_states = curr_cache.update(key_states, value_states, self.layer_idx)
                 if self.is_cross_attention and isinstance(cache, EncoderDecoderCache):
@@ -371,10 +384,7 @@ class FlashT5Attention(nn.Module):
                 "bidirectional": not self.is_causal,
             }
         elif position_bias is not None and position_bias.dim() == 1:
-            bias_kwargs = {
-                "alibi_slopes": position_bias,
-                "alibi_asymmetric": self.config.alibi_mode == "asymmetric" and not self.is_causal,
-            }
+            bias_kwargs = {"alibi_slopes": position_bias, "alibi_asymmetric": self.alibi_asymmetric}
         elif position_bias is not None:
             # A view over the batch: flex attention indexes the bias by batch.
             dense_bias = position_bias.to(query_states.dtype).expand(query_states.shape[0], -1, -1, -1)
@@ -445,6 +455,8 @@ class FlashT5LayerCrossAttention(nn.Module):
         hidden_states,
         key_value_states,
         attention_mask=None,
+        position_embeddings=None,
+        key_position_embeddings=None,
         cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ):
@@ -452,6 +464,8 @@ class FlashT5LayerCrossAttention(nn.Module):
             self.layer_norm(hidden_states),
             mask=attention_mask,
             key_value_states=key_value_states,
+            position_embeddings=position_embeddings,
+            key_position_embeddings=key_position_embeddings,
             cache=cache,
             **kwargs,
         )
@@ -477,9 +491,12 @@ class FlashT5Block(GradientCheckpointingLayer):
         encoder_hidden_states=None,
         encoder_attention_mask=None,
         position_embeddings=None,
+        encoder_position_embeddings=None,
         cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ):
+        """`encoder_position_embeddings`: the rotary (cos, sin) of the encoder positions, given only when the
+        cross-attention is rotated too (`rotary_value_and_cross_attention`)."""
         hidden_states, position_bias, _ = self.layer[0](
             hidden_states,
             attention_mask=attention_mask,
@@ -493,6 +510,8 @@ class FlashT5Block(GradientCheckpointingLayer):
                 hidden_states,
                 key_value_states=encoder_hidden_states,
                 attention_mask=encoder_attention_mask,
+                position_embeddings=position_embeddings if encoder_position_embeddings is not None else None,
+                key_position_embeddings=encoder_position_embeddings,
                 cache=cache,
                 **kwargs,
             )
@@ -741,10 +760,16 @@ class FlashT5Stack(FlashT5PreTrainedModel):
             )
 
         position_embeddings = None
+        encoder_position_embeddings = None
         # CODEPATH: FAT5 checkpoints with `position_encoding_type="RoPE"`; T5, ALiBi and FIRE ones add a bias instead.
         if self.config.position_encoding_type == "rope":
             positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_embeddings = rotary_cos_sin(self.config, positions)
+            # CODEPATH: RoPE checkpoints of the reference implementation also rotate the cross-attention's keys and
+            # values, at their own positions in the encoder.
+            if self.config.rotary_value_and_cross_attention and encoder_hidden_states is not None:
+                encoder_positions = torch.arange(encoder_hidden_states.shape[1], device=inputs_embeds.device)
+                encoder_position_embeddings = rotary_cos_sin(self.config, encoder_positions)
 
         hidden_states = self.dropout(inputs_embeds)
         position_bias = None
@@ -756,6 +781,7 @@ class FlashT5Stack(FlashT5PreTrainedModel):
                 encoder_hidden_states,
                 encoder_attention_mask,
                 position_embeddings=position_embeddings,
+                encoder_position_embeddings=encoder_position_embeddings,
                 cache=cache,
                 **kwargs,
             )
