@@ -33,6 +33,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOC_PAGES = ["docs/source/en/model_doc/flash_t5.md", "docs/source/en/flash_t5_usage.md"]
+# What `.ci/run` does before the README's install commands: strict mode, the repository root, pip without progress bars.
+CI_SETUP = ["set -euo pipefail", 'cd "$(dirname "$0")/.."', "export PIP_QUIET=1"]
 PYTHON_LANGUAGES = {"py", "python"}
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[ \t]*$")
 MARKER = re.compile(r"^[ \t]*<!--\s*no-test(?::\s*(?P<reason>.*?))?\s*-->[ \t]*$")
@@ -132,3 +134,23 @@ def test_doc_code_blocks_run(page, monkeypatch):
             exec(compile(source, str(path), "exec"), namespace)
         except Exception as e:
             raise AssertionError(f"the code block at {page}:{block.line} failed: {type(e).__name__}: {e}") from e
+
+
+def shell_commands(script: str) -> list[str]:
+    """The command lines of a shell script: no blank lines, comments or shebang."""
+    return [line.strip() for line in script.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def readme_install_commands() -> list[str]:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert "\n## Install\n" in readme, "the README has no `## Install` section"
+    section = readme.split("\n## Install\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [b for b in extract_code_blocks(section, "README.md, Install") if b.language == "bash"]
+    assert len(blocks) == 1, "the README's Install section must have exactly one bash block: the commands CI runs"
+    return shell_commands(blocks[0].code)
+
+
+def test_ci_runs_the_readme_install_commands():
+    """`.ci/run` installs and tests exactly as the README tells a new user to, so that the two cannot drift apart."""
+    ci_commands = shell_commands((REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8"))
+    assert ci_commands == CI_SETUP + readme_install_commands()
