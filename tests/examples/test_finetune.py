@@ -6,8 +6,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import finetune
@@ -123,7 +125,15 @@ def test_bad_checkpoints_fail_cleanly(tiny_checkpoint, tmp_path, capsys):
     (other_kind / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
     for tokenizer_file in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_checkpoint / tokenizer_file, other_kind / tokenizer_file)
-    for model, message in ((not_a_model, "no tokenizer"), (other_kind, "not a FAT5")):
+    missing = tmp_path / "missing" / "checkpoint"
+    cases = [
+        (not_a_model, "no tokenizer"),
+        (other_kind, "not a FAT5"),
+        (missing, f"the model path {missing} does not exist"),
+        # Shaped like a hub id: looked up there too (offline in the tests).
+        ("missing-folder/checkpoint", "missing-folder/checkpoint does not exist here, nor could it be loaded"),
+    ]
+    for model, message in cases:
         assert run_finetune("--model", model, "--output-dir", tmp_path / "run") == 2
         assert message in capsys.readouterr().err
     no_weights = tmp_path / "no-weights"
@@ -141,6 +151,87 @@ def test_existing_output_dir_is_kept_without_overwrite(tiny_checkpoint, tmp_path
     assert run_finetune("--model", tiny_checkpoint, "--output-dir", out) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert os.listdir(out) == ["keep.txt"]
+
+
+def test_overwrite_removes_the_previous_run_only_once_the_new_one_is_in_place(tiny_checkpoint, tmp_path, monkeypatch):
+    """A failure (an interruption, a full disk) while the new run is moved into place leaves the previous run whole;
+    an uninterrupted run replaces it, and no hidden folder stays behind either way."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    argv = ["--head", "seq-cls", "--model", tiny_checkpoint, "--output-dir", out, "--overwrite", "--no-reload-check"]
+    real_rename = Path.rename
+
+    class Interrupted(Exception):
+        """Stands for KeyboardInterrupt, which would stop pytest itself."""
+
+    def interrupted_when_moving_the_new_run_in(self, target):
+        if Path(target) == out and self.name.startswith(".run.tmp-"):
+            raise Interrupted
+        return real_rename(self, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "rename", interrupted_when_moving_the_new_run_in)
+        with pytest.raises(Interrupted):
+            run_finetune(*argv)
+    assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+    assert run_finetune(*argv) == 0
+    assert set(os.listdir(out)) == {"model", "results.json", "predictions.jsonl"}
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_sigterm_removes_the_temporary_folder(tiny_checkpoint, tmp_path):
+    """SIGTERM (a scheduler's stop) during training unwinds like Ctrl-C: the temporary folder is removed."""
+    out = tmp_path / "run"
+    command = [sys.executable, str(finetune.EXAMPLES_DIR / "finetune.py"), "--head", "seq-cls"]
+    command += ["--model", str(tiny_checkpoint), "--output-dir", str(out), *TINY, "--max-steps", "100000"]
+    process = subprocess.Popen(command, env=SUBPROCESS_ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".run.tmp-*")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(tmp_path.glob(".run.tmp-*")), "the run never started"
+        time.sleep(1)  # into the training loop
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "stopped by SIGTERM" in stderr
+    assert os.listdir(tmp_path) == [], "SIGTERM left a folder behind"
+
+
+def test_bf16_run_passes_its_reload_check(tiny_checkpoint, tmp_path):
+    """--bf16 on the CPU: the trained model computes under bf16 autocast in training and evaluation; the reload check
+    compares it with the reloaded model both in the saved (fp32) weights' own precision, so bf16 rounding is no
+    reason to fail (it was: the run was deleted)."""
+    out = tmp_path / "run"
+    assert run_finetune("--head", "seq-cls", "--model", tiny_checkpoint, "--output-dir", out, "--bf16") == 0
+    reload = json.loads((out / "results.json").read_text())["reload"]
+    assert reload["passed"] and reload["differing_predictions"] == 0
+    assert reload["max_abs_diff"] <= reload["tolerance"] and reload["dtype"] == "float32"
+
+
+def test_a_failed_reload_check_keeps_the_run_and_says_what_differs(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """A reloaded model that is not the trained one (here its head is re-drawn after loading) fails the check: exit
+    status 1, the differences named, and the trained model kept where it belongs."""
+    corrupted = finetune.RELOAD_SCRIPT.replace(
+        "tokenizer = ", "torch.nn.init.normal_(model.classification_head.out_proj.weight, std=10.0)\ntokenizer = "
+    )
+    assert corrupted != finetune.RELOAD_SCRIPT
+    monkeypatch.setattr(finetune, "RELOAD_SCRIPT", corrupted)
+    out = tmp_path / "run"
+    assert run_finetune("--head", "seq-cls", "--model", tiny_checkpoint, "--output-dir", out) == 1
+    err = capsys.readouterr().err
+    assert "reloaded in a fresh process, is not the trained one" in err and "predictions differ" in err
+    assert "float32 rounding explains" in err and f"the run is kept in {out}" in err
+    assert set(os.listdir(out)) == {"model", "results.json", "predictions.jsonl"}
+    assert {"config.json", "model.safetensors"} <= set(os.listdir(out / "model"))
+    reload = json.loads((out / "results.json").read_text())["reload"]
+    assert not reload["passed"] and reload["max_abs_diff"] > reload["tolerance"]
+    assert sorted(os.listdir(tmp_path)) == ["run"]
 
 
 def test_gradient_accumulation_matches_one_batch_of_the_same_size(tiny_checkpoint, tmp_path):
