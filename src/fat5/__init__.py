@@ -35,6 +35,7 @@ from .models.flash_t5 import (  # noqa: E402
 )
 from .models.flash_t5.checkpoint_conversion import register_legacy_checkpoint_conversion  # noqa: E402
 from .models.flash_t5.kernels import kernelize, register_fat5_attention  # noqa: E402
+from .packing import DataCollatorWithPacking  # noqa: E402
 
 
 __version__ = "0.1.0"
@@ -56,6 +57,7 @@ register_fat5_attention()
 
 __all__ = [
     "AUTO_CLASSES",
+    "DataCollatorWithPacking",
     "FlashT5Config",
     "FlashT5EncoderModel",
     "FlashT5ForConditionalGeneration",

@@ -300,7 +300,7 @@ class FlashT5Attention(nn.Module):
         query_position = torch.arange(query_length, dtype=torch.long, device=device)[:, None] + past_seen_tokens
         key_position = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
         distance = key_position - query_position
-        # CODEPATH: symmetric ALiBi checkpoints, and the decoders of asymmetric ones (causal masking leaves one side).
+        # CODEPATH: symmetric ALiBi checkpoints, and the decoders of native asymmetric ones (causal: one side left).
         if not self.alibi_asymmetric:
             return (-slopes[:, None, None] * distance.abs()).unsqueeze(0)
         # Asymmetric: the first half of the heads looks only backwards, the second half only forwards, each half with
@@ -319,12 +319,16 @@ class FlashT5Attention(nn.Module):
         position_bias=None,
         position_embeddings=None,
         key_position_embeddings=None,
+        query_segment_ids=None,
+        key_segment_ids=None,
         cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ):
         """
         `position_embeddings` are the rotary (cos, sin) of the query positions, and of the key positions in
         self-attention; `key_position_embeddings` those of the cross-attention's keys (the encoder positions).
+        `query_segment_ids` and `key_segment_ids` mark the examples of packed rows: the mask already keeps them
+        apart, and attention functions that mask in place (the `fat5` kernels) take them instead of a dense mask.
         """
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.key_value_proj_dim)
@@ -394,6 +398,8 @@ class FlashT5Attention(nn.Module):
             # more keys than the tokens seen so far. Bidirectional self-attention has no cache: its queries are its
             # keys, which is what attention functions assume without an offset.
             bias_kwargs["query_offset"] = past_seen_tokens
+        if query_segment_ids is not None:
+            bias_kwargs.update(query_segment_ids=query_segment_ids, key_segment_ids=key_segment_ids)
 
         attn_output, attn_weights = attention_interface(
             self,
@@ -428,6 +434,7 @@ class FlashT5LayerSelfAttention(nn.Module):
         attention_mask=None,
         position_bias=None,
         position_embeddings=None,
+        segment_ids=None,
         cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ):
@@ -436,6 +443,8 @@ class FlashT5LayerSelfAttention(nn.Module):
             mask=attention_mask,
             position_bias=position_bias,
             position_embeddings=position_embeddings,
+            query_segment_ids=segment_ids,
+            key_segment_ids=segment_ids,
             cache=cache,
             **kwargs,
         )
@@ -457,6 +466,8 @@ class FlashT5LayerCrossAttention(nn.Module):
         attention_mask=None,
         position_embeddings=None,
         key_position_embeddings=None,
+        segment_ids=None,
+        encoder_segment_ids=None,
         cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ):
@@ -466,6 +477,8 @@ class FlashT5LayerCrossAttention(nn.Module):
             key_value_states=key_value_states,
             position_embeddings=position_embeddings,
             key_position_embeddings=key_position_embeddings,
+            query_segment_ids=segment_ids,
+            key_segment_ids=encoder_segment_ids,
             cache=cache,
             **kwargs,
         )
@@ -492,16 +505,20 @@ class FlashT5Block(GradientCheckpointingLayer):
         encoder_attention_mask=None,
         position_embeddings=None,
         encoder_position_embeddings=None,
+        segment_ids=None,
+        encoder_segment_ids=None,
         cache=None,
         **kwargs: Unpack[TransformersKwargs],
     ):
         """`encoder_position_embeddings`: the rotary (cos, sin) of the encoder positions, given only when the
-        cross-attention is rotated too (`rotary_value_and_cross_attention`)."""
+        cross-attention is rotated too (`rotary_value_and_cross_attention`). `segment_ids` and
+        `encoder_segment_ids`: the examples of packed rows, for the attention functions that mask in place."""
         hidden_states, position_bias, _ = self.layer[0](
             hidden_states,
             attention_mask=attention_mask,
             position_bias=position_bias,
             position_embeddings=position_embeddings,
+            segment_ids=segment_ids,
             cache=cache,
             **kwargs,
         )
@@ -512,6 +529,8 @@ class FlashT5Block(GradientCheckpointingLayer):
                 attention_mask=encoder_attention_mask,
                 position_embeddings=position_embeddings if encoder_position_embeddings is not None else None,
                 key_position_embeddings=encoder_position_embeddings,
+                segment_ids=segment_ids,
+                encoder_segment_ids=encoder_segment_ids,
                 cache=cache,
                 **kwargs,
             )
@@ -590,6 +609,44 @@ def check_token_inputs(input_ids, attention_mask, inputs_embeds, name=""):
             )
 
 
+def same_segment_mask_function(query_segment_ids: torch.Tensor, key_segment_ids: torch.Tensor) -> Callable:
+    """transformers mask function of packed rows: a query sees only the keys of its own example."""
+
+    def same_segment(batch_idx, head_idx, q_idx, kv_idx):
+        return query_segment_ids[batch_idx, q_idx] == key_segment_ids[batch_idx, kv_idx]
+
+    return same_segment
+
+
+def check_decoder_segments(segment_ids: torch.Tensor | None, decoder_segment_ids: torch.Tensor | None):
+    if (segment_ids is None) != (decoder_segment_ids is None):
+        raise ValueError(
+            "Packed rows need both `segment_ids` (inputs) and `decoder_segment_ids` (targets), or neither: the "
+            "targets of each example attend to its own inputs."
+        )
+
+
+def check_packed_rows(config: FlashT5Config, segment_ids: torch.Tensor, tokens: torch.Tensor):
+    """Refuses segment ids that do not describe the tokens' rows, and position encodings that packing would change."""
+    if segment_ids.shape != tokens.shape[:2] or segment_ids.dtype.is_floating_point or segment_ids.dtype == torch.bool:
+        raise ValueError(
+            f"`segment_ids` must hold integer example ids of shape (batch_size, sequence_length) = "
+            f"{tuple(tokens.shape[:2])}, got {segment_ids.dtype} of shape {tuple(segment_ids.shape)}."
+        )
+    # CODEPATH: FIRE checkpoints normalise by each query's absolute position, which packing moves.
+    if config.position_encoding_type == "fire":
+        raise ValueError(
+            "Packed rows (`segment_ids`) cannot carry FIRE's position bias, a function of each query's position in "
+            "its sequence: train FIRE models on padded batches."
+        )
+    # CODEPATH: RoPE checkpoints of the reference implementation rotate the values by their absolute positions.
+    if config.rotary_value_and_cross_attention:
+        raise ValueError(
+            "Packed rows (`segment_ids`) cannot carry `rotary_value_and_cross_attention`, which rotates values and "
+            "cross-attention by absolute positions: train such models on padded batches."
+        )
+
+
 @auto_docstring
 class FlashT5PreTrainedModel(PreTrainedModel):
     config: FlashT5Config
@@ -614,6 +671,12 @@ class FlashT5PreTrainedModel(PreTrainedModel):
     _shared_embedding_keys: dict[str, str] = {}
     _head_names = ("qa_outputs", "classifier")
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # A model outside transformers' package counts as custom code, whose modules without parameters of their own
+        # (the attention and feed-forward layers) transformers never initialises: FAT5 is written as in-tree code.
+        return cls.is_remote_code()
+
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
         tied_weights_keys = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
         if not all_submodels:
@@ -622,7 +685,8 @@ class FlashT5PreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        super()._init_weights(module)
+        # No generic `super()._init_weights`: modules are initialised children first, and its normal(0,
+        # initializer_factor) of every Linear would be the one a layer keeps (T5's per-layer scales never applied).
         factor = self.config.initializer_factor
         d_model, d_ff = self.config.hidden_size, self.config.intermediate_size
         # The span and token heads are matched by identity: they are created after the encoder's own `post_init`, so
@@ -649,6 +713,10 @@ class FlashT5PreTrainedModel(PreTrainedModel):
             init.normal_(module.wi_1.weight, mean=0.0, std=factor * d_model**-0.5)
             init.normal_(module.wo.weight, mean=0.0, std=factor * d_ff**-0.5)
         elif isinstance(module, FlashT5FIRE):
+            init.normal_(module.mlp_in.weight, mean=0.0, std=factor)
+            init.zeros_(module.mlp_in.bias)
+            init.normal_(module.mlp_out.weight, mean=0.0, std=factor * self.config.fire_hidden_size**-0.5)
+            init.zeros_(module.mlp_out.bias)
             init.constant_(module.distance_scale, 0.1)
             init.constant_(module.threshold, float(self.config.relative_attention_max_distance))
             init.constant_(module.threshold_multiplier, 1.0)
@@ -673,7 +741,7 @@ class FlashT5PreTrainedModel(PreTrainedModel):
             )
         return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
-    def _shift_right(self, input_ids):
+    def _shift_right(self, input_ids, segment_ids=None):
         decoder_start_token_id = self.config.decoder_start_token_id
         pad_token_id = self.config.pad_token_id
         if decoder_start_token_id is None:
@@ -684,6 +752,10 @@ class FlashT5PreTrainedModel(PreTrainedModel):
         shifted_input_ids[..., 1:] = input_ids[..., :-1].clone()
         shifted_input_ids[..., 0] = decoder_start_token_id
         shifted_input_ids.masked_fill_(shifted_input_ids == -100, pad_token_id)
+        if segment_ids is not None:
+            # Packed rows: every example's targets start behind the start token, not behind the last example's.
+            previous = nn.functional.pad(segment_ids[..., :-1], (1, 0), value=-1)
+            shifted_input_ids.masked_fill_(segment_ids != previous, decoder_start_token_id)
         return shifted_input_ids
 
 
@@ -726,14 +798,24 @@ class FlashT5Stack(FlashT5PreTrainedModel):
         inputs_embeds=None,
         cache=None,
         use_cache=None,
+        segment_ids=None,
+        encoder_segment_ids=None,
         **kwargs: Unpack[TransformersKwargs],
     ):
         r"""
         cache (`EncoderDecoderCache`, *optional*):
             The decoder's self- and cross-attention keys and values of the tokens decoded so far, returned when
             `use_cache=True`: pass it back to run the decoder on the new tokens only.
+        segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Packed rows (`fat5.DataCollatorWithPacking`): the example of each token, 1, 2, ... along a row, padding 0
+            last. Attention stays within an example; the segments stand for the attention mask.
+        encoder_segment_ids (`torch.LongTensor` of shape `(batch_size, encoder_sequence_length)`, *optional*):
+            The decoder's cross-attention in packed rows: the example of each encoder token, whose ids the decoder
+            tokens of the same example share.
         """
         check_token_inputs(input_ids, attention_mask, inputs_embeds, name="decoder_" if self.is_decoder else "")
+        if segment_ids is not None:
+            check_packed_rows(self.config, segment_ids, input_ids if input_ids is not None else inputs_embeds)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and not self.is_decoder:
@@ -745,11 +827,24 @@ class FlashT5Stack(FlashT5PreTrainedModel):
 
         self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
         past_seen_tokens = self_attention_cache.get_seq_length() if self_attention_cache is not None else 0
+        # Packed rows: the segments mask padding too (a padding query sees padding keys only, never an empty row).
+        self_segments = encoder_segments = None
+        if segment_ids is not None:
+            self_segments = same_segment_mask_function(segment_ids, segment_ids)
+            attention_mask = None
+        if segment_ids is not None and encoder_segment_ids is not None:
+            encoder_segments = same_segment_mask_function(segment_ids, encoder_segment_ids)
+            encoder_attention_mask = None
         if self.is_decoder:
-            attention_mask = create_causal_mask(self.config, inputs_embeds, attention_mask, self_attention_cache)
+            attention_mask = create_causal_mask(
+                self.config, inputs_embeds, attention_mask, self_attention_cache, and_mask_function=self_segments
+            )
         else:
             attention_mask = create_bidirectional_mask(
-                config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                and_mask_function=self_segments,
             )
         if self.is_decoder and encoder_hidden_states is not None:
             encoder_attention_mask = create_bidirectional_mask(
@@ -757,6 +852,7 @@ class FlashT5Stack(FlashT5PreTrainedModel):
                 inputs_embeds=inputs_embeds,
                 attention_mask=encoder_attention_mask,
                 encoder_hidden_states=encoder_hidden_states,
+                and_mask_function=encoder_segments,
             )
 
         position_embeddings = None
@@ -782,6 +878,8 @@ class FlashT5Stack(FlashT5PreTrainedModel):
                 encoder_attention_mask,
                 position_embeddings=position_embeddings,
                 encoder_position_embeddings=encoder_position_embeddings,
+                segment_ids=segment_ids,
+                encoder_segment_ids=encoder_segment_ids,
                 cache=cache,
                 **kwargs,
             )
@@ -815,6 +913,19 @@ def as_encoder_output(encoder_outputs) -> ModelOutput:
         hidden_states=encoder_outputs[1] if len(encoder_outputs) > 1 else None,
         attentions=encoder_outputs[2] if len(encoder_outputs) > 2 else None,
     )
+
+
+def packed_span_loss(logits: torch.Tensor, positions: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+    """The mean over the examples of packed rows of the cross-entropy of each example's span position, its softmax
+    taken over the example's own tokens. `positions` (rows, examples): in the row, -100 for no example."""
+    positions = positions.to(logits.device)
+    slots = torch.arange(1, positions.shape[1] + 1, device=logits.device)
+    in_example = segment_ids.to(logits.device)[:, None, :] == slots[None, :, None]
+    log_normaliser = torch.logsumexp(logits.float()[:, None, :].masked_fill(~in_example, float("-inf")), dim=-1)
+    labelled = positions.ne(-100)
+    target = logits.float().gather(1, positions.clamp(min=0))
+    losses = torch.where(labelled, log_normaliser - target, 0.0)
+    return losses.sum() / labelled.sum().clamp(min=1)
 
 
 def share_of_batch_loss(loss: torch.Tensor, labels: torch.Tensor, num_items_in_batch) -> torch.Tensor:
@@ -864,6 +975,8 @@ class FlashT5Model(FlashT5PreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        segment_ids: torch.LongTensor | None = None,
+        decoder_segment_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqModelOutput:
         r"""
@@ -875,10 +988,21 @@ class FlashT5Model(FlashT5PreTrainedModel):
         cache (`EncoderDecoderCache`, *optional*):
             The decoder's self- and cross-attention keys and values of the tokens decoded so far, returned when
             `use_cache=True`: pass it back to run the decoder on the new tokens only.
+        segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Packed rows (`fat5.DataCollatorWithPacking`): the example of each input token, 1, 2, ... along a row,
+            padding 0 last. Each example attends only to itself; the segments stand for `attention_mask`.
+        decoder_segment_ids (`torch.LongTensor` of shape `(batch_size, target_sequence_length)`, *optional*):
+            The example of each target token in packed rows, with the ids of `segment_ids`: each example's targets
+            attend (causally) to themselves and to their own inputs.
         """
+        check_decoder_segments(segment_ids, decoder_segment_ids)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                segment_ids=segment_ids,
+                **kwargs,
             )
         encoder_outputs = as_encoder_output(encoder_outputs)
 
@@ -890,6 +1014,8 @@ class FlashT5Model(FlashT5PreTrainedModel):
             encoder_attention_mask=attention_mask,
             cache=cache,
             use_cache=use_cache,
+            segment_ids=decoder_segment_ids,
+            encoder_segment_ids=segment_ids,
             **kwargs,
         )
         return Seq2SeqModelOutput(
@@ -966,6 +1092,8 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        segment_ids: torch.LongTensor | None = None,
+        decoder_segment_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         r"""
@@ -980,6 +1108,12 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         cache (`EncoderDecoderCache`, *optional*):
             The decoder's self- and cross-attention keys and values of the tokens decoded so far, returned when
             `use_cache=True`: pass it back to run the decoder on the new tokens only.
+        segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Packed rows (`fat5.DataCollatorWithPacking`): the example of each input token, 1, 2, ... along a row,
+            padding 0 last. Each example attends only to itself; the segments stand for `attention_mask`.
+        decoder_segment_ids (`torch.LongTensor` of shape `(batch_size, target_sequence_length)`, *optional*):
+            The example of each target token in packed rows, with the ids of `segment_ids`: each example's targets
+            attend (causally) to themselves and to their own inputs, and are shifted right within the example.
 
         Example:
 
@@ -997,14 +1131,19 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         1
         ```"""
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        check_decoder_segments(segment_ids, decoder_segment_ids)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                segment_ids=segment_ids,
+                **kwargs,
             )
         encoder_outputs = as_encoder_output(encoder_outputs)
 
         if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
-            decoder_input_ids = self._shift_right(labels)
+            decoder_input_ids = self._shift_right(labels, decoder_segment_ids)
         if labels is not None and self.training:
             # A training step decodes every target at once: a cache would only hold on to keys and values.
             use_cache = False
@@ -1016,6 +1155,8 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
             encoder_attention_mask=attention_mask,
             cache=cache,
             use_cache=use_cache,
+            segment_ids=decoder_segment_ids,
+            encoder_segment_ids=segment_ids,
             **kwargs,
         )
 
@@ -1073,9 +1214,15 @@ class FlashT5EncoderModel(FlashT5PreTrainedModel):
         self.shared = new_embeddings
         self.encoder.set_input_embeddings(new_embeddings)
 
-    def encode(self, input_ids, attention_mask, inputs_embeds, **kwargs) -> BaseModelOutput:
+    def encode(self, input_ids, attention_mask, inputs_embeds, segment_ids=None, **kwargs) -> BaseModelOutput:
         """The encoder's outputs, shared by the encoder-only heads."""
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        return self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            segment_ids=segment_ids,
+            **kwargs,
+        )
 
     @can_return_tuple
     @auto_docstring(checkpoint="CATIE-AQ/FAT5-small")
@@ -1084,9 +1231,15 @@ class FlashT5EncoderModel(FlashT5PreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        segment_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
-        return self.encode(input_ids, attention_mask, inputs_embeds, **kwargs)
+        r"""
+        segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Packed rows (`fat5.DataCollatorWithPacking`): the example of each token, 1, 2, ... along a row, padding 0
+            last. Each example attends only to itself; the segments stand for `attention_mask`.
+        """
+        return self.encode(input_ids, attention_mask, inputs_embeds, segment_ids, **kwargs)
 
 
 @auto_docstring(
@@ -1110,18 +1263,26 @@ class FlashT5ForSequenceClassification(FlashT5EncoderModel):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        segment_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Labels for computing the sequence classification/regression loss. Indices should be in `[0, ...,
             config.num_labels - 1]`. If `config.num_labels == 1` a regression loss is computed (Mean-Square loss), If
-            `config.num_labels > 1` a classification loss is computed (Cross-Entropy).
+            `config.num_labels > 1` a classification loss is computed (Cross-Entropy). With `segment_ids`, one label
+            per example of each row, `(batch_size, examples_per_row)`, -100 (NaN for regression) where a row has
+            fewer examples; the logits are then `(batch_size, examples_per_row, num_labels)`.
+        segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Packed rows (`fat5.DataCollatorWithPacking`): the example of each token, 1, 2, ... along a row, padding 0
+            last. Each example attends only to itself; the segments stand for `attention_mask`.
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.encode(input_ids, attention_mask, inputs_embeds, **kwargs)
+        outputs = self.encode(input_ids, attention_mask, inputs_embeds, segment_ids, **kwargs)
         sequence_output = outputs.last_hidden_state
 
+        if segment_ids is not None:
+            return self._packed_forward(input_ids, sequence_output, segment_ids, labels, num_items_in_batch, outputs)
         if input_ids is not None:
             pooled_mask = input_ids.eq(self.config.eos_token_id).to(sequence_output.device)
             if not pooled_mask.any(dim=1).all():
@@ -1163,6 +1324,43 @@ class FlashT5ForSequenceClassification(FlashT5EncoderModel):
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
+    def _packed_forward(self, input_ids, sequence_output, segment_ids, labels, num_items_in_batch, outputs):
+        """One logit vector per example of packed rows, from its last eos token (its last token without ids)."""
+        examples = labels.shape[1] if labels is not None else int(segment_ids.max())
+        slots = torch.arange(1, examples + 1, device=segment_ids.device)
+        in_example = segment_ids[:, None, :] == slots[None, :, None]
+        if input_ids is not None:
+            in_example = in_example & input_ids.eq(self.config.eos_token_id)[:, None, :]
+        positions = torch.arange(segment_ids.shape[1], device=segment_ids.device)
+        pooled_position = torch.where(in_example, positions, -1).amax(-1)
+        if labels is not None and not torch.compiler.is_compiling():
+            labelled = labels.isfinite() & labels.ne(-100) if labels.is_floating_point() else labels.ne(-100)
+            if bool((labelled & pooled_position.lt(0)).any()):
+                raise ValueError(
+                    f"Every labelled example must contain the end-of-sequence token (id {self.config.eos_token_id}):"
+                    " its hidden state is the example's representation. Tokenize with the eos appended."
+                )
+        index = pooled_position.clamp(min=0)[..., None].expand(-1, -1, sequence_output.shape[-1])
+        logits = self.classification_head(sequence_output.gather(1, index.to(sequence_output.device)))
+
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if self.config.num_labels == 1:
+                labelled = labels.isfinite()
+                squared = (logits.squeeze(-1) - labels.nan_to_num()).square() * labelled
+                loss = squared.sum() / labelled.sum().clamp(min=1)
+            elif labels.is_floating_point():
+                raise ValueError("Packed rows take single-label classification or regression labels.")
+            else:
+                loss = CrossEntropyLoss()(logits.reshape(-1, self.config.num_labels), labels.reshape(-1))
+            loss = share_of_batch_loss(
+                loss, labels.nan_to_num(-100.0) if labels.is_floating_point() else labels, num_items_in_batch
+            )
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
 
 @auto_docstring(
     custom_intro="""
@@ -1185,19 +1383,23 @@ class FlashT5ForTokenClassification(FlashT5EncoderModel):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        segment_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> TokenClassifierOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Labels for computing the token classification loss. Indices should be in `[0, ..., config.num_labels - 1]`;
             -100 marks tokens the loss ignores.
+        segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Packed rows (`fat5.DataCollatorWithPacking`): the example of each token, 1, 2, ... along a row, padding 0
+            last. Each example attends only to itself; the segments stand for `attention_mask`.
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.encode(input_ids, attention_mask, inputs_embeds, **kwargs)
+        outputs = self.encode(input_ids, attention_mask, inputs_embeds, segment_ids, **kwargs)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, self.config.num_labels), labels.to(logits.device).view(-1))
+            loss = CrossEntropyLoss()(logits.view(-1, self.config.num_labels), labels.to(logits.device).reshape(-1))
             loss = share_of_batch_loss(loss, labels, num_items_in_batch)
         return TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
@@ -1225,14 +1427,30 @@ class FlashT5ForQuestionAnswering(FlashT5EncoderModel):
         inputs_embeds: torch.Tensor | None = None,
         start_positions: torch.LongTensor | None = None,
         end_positions: torch.LongTensor | None = None,
+        segment_ids: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> QuestionAnsweringModelOutput:
-        outputs = self.encode(input_ids, attention_mask, inputs_embeds, **kwargs)
+        r"""
+        start_positions (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Position (index) of the start of the labelled span, for the loss. With `segment_ids`, one position in
+            the row per example, `(batch_size, examples_per_row)`, -100 where a row has fewer examples.
+        end_positions (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Position (index) of the end of the labelled span, as `start_positions`.
+        segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Packed rows (`fat5.DataCollatorWithPacking`): the example of each token, 1, 2, ... along a row, padding 0
+            last. Each example attends only to itself; the segments stand for `attention_mask`.
+        """
+        outputs = self.encode(input_ids, attention_mask, inputs_embeds, segment_ids, **kwargs)
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = (part.squeeze(-1).contiguous() for part in logits.split(1, dim=-1))
 
         total_loss = None
-        if start_positions is not None and end_positions is not None:
+        if start_positions is not None and end_positions is not None and segment_ids is not None:
+            total_loss = (
+                packed_span_loss(start_logits, start_positions, segment_ids)
+                + packed_span_loss(end_logits, end_positions, segment_ids)
+            ) / 2
+        elif start_positions is not None and end_positions is not None:
             # Positions outside the sequence are clamped to an ignored index, as transformers' QA heads do.
             ignored_index = start_logits.size(1)
             start_positions = start_positions.view(-1).to(start_logits.device).clamp(0, ignored_index)

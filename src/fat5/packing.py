@@ -1,0 +1,161 @@
+# Copyright 2026 The FAT5 Authors. Licensed under the Apache License, Version 2.0.
+"""Padding-free training: a data collator that packs variable-length examples into rows of a fixed length.
+
+The FAT5 models keep the examples of a row apart (`segment_ids`): attention stays within an example (self-attention,
+the decoder's causal self-attention, and cross-attention between an example's targets and its own inputs), T5's
+relative bias is computed within it as before, and every head scores each example on its own. Fixed row lengths give
+static shapes: `torch.compile` compiles once.
+"""
+
+from collections.abc import Sequence
+
+import torch
+
+
+class DataCollatorWithPacking:
+    """Packs tokenized examples, in order, into rows of `max_length` input tokens, as many examples a row as fit.
+
+    Each feature holds `input_ids` and the labels of one head:
+
+    - seq2seq (`FlashT5ForConditionalGeneration`): `labels`, the target tokens; give `decoder_max_length`, the
+      length of a row of targets. A row closes when either its inputs or its targets are full.
+    - token classification: `labels`, one per input token.
+    - sequence classification: `labels`, one per example (an int, or a float for regression).
+    - extractive QA: `start_positions` and `end_positions`, token indices within the example.
+
+    A batch holds `input_ids`, `attention_mask` and `segment_ids` (rows, max_length): the examples of a row have ids
+    1, 2, ... in turn and padding 0. Seq2seq adds `labels` and `decoder_segment_ids` (rows, decoder_max_length);
+    token classification `labels` (rows, max_length); the per-example heads `labels` or `start_positions` and
+    `end_positions` of shape (rows, max_examples_per_row), example k of a row in column k - 1, -100 where a row has
+    fewer examples (NaN for regression labels). An example longer than a row is an error, not truncated.
+    """
+
+    def __init__(
+        self,
+        max_length: int,
+        decoder_max_length: int | None = None,
+        max_examples_per_row: int = 64,
+        pad_token_id: int = 0,
+        label_pad_token_id: int = -100,
+        return_tensors: str = "pt",
+    ):
+        if max_length < 1:
+            raise ValueError(f"`max_length`={max_length} must be positive.")
+        if decoder_max_length is not None and decoder_max_length < 1:
+            raise ValueError(f"`decoder_max_length`={decoder_max_length} must be positive.")
+        if max_examples_per_row < 1:
+            raise ValueError(f"`max_examples_per_row`={max_examples_per_row} must be positive.")
+        if return_tensors != "pt":
+            raise ValueError(f"`return_tensors`={return_tensors!r}: only 'pt' is supported.")
+        self.max_length = max_length
+        self.decoder_max_length = decoder_max_length
+        self.max_examples_per_row = max_examples_per_row
+        self.pad_token_id = pad_token_id
+        self.label_pad_token_id = label_pad_token_id
+
+    def _kind(self, feature: dict) -> str:
+        if "start_positions" in feature or "end_positions" in feature:
+            return "question_answering"
+        if "labels" not in feature:
+            return "inputs_only"
+        if not isinstance(feature["labels"], Sequence | torch.Tensor) or _is_scalar(feature["labels"]):
+            return "sequence_classification"
+        # A sequence of labels: target tokens where rows of targets are asked for, else one label a token.
+        return "token_classification" if self.decoder_max_length is None else "seq2seq"
+
+    def _rows(self, features: list[dict], kind: str) -> list[list[int]]:
+        """Indices of the features of each row: first fit in order, a row closing when full."""
+        rows, used, used_targets = [], self.max_length, 0
+        for index, feature in enumerate(features):
+            length = len(feature["input_ids"])
+            targets = len(feature["labels"]) if kind == "seq2seq" else 0
+            if length > self.max_length:
+                raise ValueError(
+                    f"Example {index} has {length} input tokens, more than a row's `max_length`={self.max_length}."
+                )
+            if kind == "seq2seq" and targets > self.decoder_max_length:
+                raise ValueError(
+                    f"Example {index} has {targets} target tokens, more than a row's "
+                    f"`decoder_max_length`={self.decoder_max_length}."
+                )
+            fits = used + length <= self.max_length and len(rows[-1]) < self.max_examples_per_row if rows else False
+            if fits and kind == "seq2seq":
+                fits = used_targets + targets <= self.decoder_max_length
+            if not fits:
+                rows.append([])
+                used, used_targets = 0, 0
+            rows[-1].append(index)
+            used += length
+            used_targets += targets
+        return rows
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("Cannot pack an empty list of features.")
+        kinds = {self._kind(feature) for feature in features}
+        if len(kinds) > 1:
+            raise ValueError(f"The features mix labels of different heads: {sorted(kinds)}.")
+        kind = kinds.pop()
+        if kind == "seq2seq" and self.decoder_max_length is None:
+            raise ValueError("Seq2seq labels need `decoder_max_length`, the length of a row of targets.")
+        rows = self._rows(features, kind)
+        count, length = len(rows), self.max_length
+        input_ids = torch.full((count, length), self.pad_token_id, dtype=torch.long)
+        segment_ids = torch.zeros(count, length, dtype=torch.long)
+        batch = {"input_ids": input_ids, "segment_ids": segment_ids}
+        per_example = kind in ("question_answering", "sequence_classification")
+        if kind == "seq2seq":
+            batch["labels"] = torch.full((count, self.decoder_max_length), self.label_pad_token_id, dtype=torch.long)
+            batch["decoder_segment_ids"] = torch.zeros(count, self.decoder_max_length, dtype=torch.long)
+        elif kind == "token_classification":
+            batch["labels"] = torch.full((count, length), self.label_pad_token_id, dtype=torch.long)
+        elif kind == "question_answering":
+            for name in ("start_positions", "end_positions"):
+                batch[name] = torch.full((count, self.max_examples_per_row), self.label_pad_token_id, dtype=torch.long)
+        elif kind == "sequence_classification":
+            floating = any(isinstance(_as_scalar(feature["labels"]), float) for feature in features)
+            batch["labels"] = torch.full(
+                (count, self.max_examples_per_row),
+                float("nan") if floating else self.label_pad_token_id,
+                dtype=torch.float if floating else torch.long,
+            )
+        for row, indices in enumerate(rows):
+            start, target_start = 0, 0
+            for slot, index in enumerate(indices):
+                feature = features[index]
+                tokens = torch.as_tensor(feature["input_ids"], dtype=torch.long)
+                end = start + len(tokens)
+                input_ids[row, start:end] = tokens
+                segment_ids[row, start:end] = slot + 1
+                if kind == "seq2seq":
+                    targets = torch.as_tensor(feature["labels"], dtype=torch.long)
+                    target_end = target_start + len(targets)
+                    batch["labels"][row, target_start:target_end] = targets
+                    batch["decoder_segment_ids"][row, target_start:target_end] = slot + 1
+                    target_start = target_end
+                elif kind == "token_classification":
+                    batch["labels"][row, start:end] = torch.as_tensor(feature["labels"], dtype=torch.long)
+                elif kind == "question_answering":
+                    for name in ("start_positions", "end_positions"):
+                        position = int(_as_scalar(feature[name]))
+                        if not 0 <= position < len(tokens):
+                            raise ValueError(
+                                f"Example {index}: `{name}`={position} lies outside its {len(tokens)} tokens."
+                            )
+                        batch[name][row, slot] = start + position
+                elif per_example:
+                    batch["labels"][row, slot] = _as_scalar(feature["labels"])
+                start = end
+        batch["attention_mask"] = (segment_ids != 0).long()
+        return batch
+
+
+def _is_scalar(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == 0
+
+
+def _as_scalar(value):
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+__all__ = ["DataCollatorWithPacking"]
