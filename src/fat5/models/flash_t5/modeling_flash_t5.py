@@ -685,8 +685,9 @@ class FlashT5PreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        # No generic `super()._init_weights`: modules are initialised children first, and its normal(0,
-        # initializer_factor) of every Linear would be the one a layer keeps (T5's per-layer scales never applied).
+        # Modules are initialised children first: the branches below, on the layers, then give their Linears T5's
+        # per-layer scales over the generic ones.
+        super()._init_weights(module)
         factor = self.config.initializer_factor
         d_model, d_ff = self.config.hidden_size, self.config.intermediate_size
         # The span and token heads are matched by identity: they are created after the encoder's own `post_init`, so
