@@ -12,9 +12,12 @@ random tokens of realistic lengths (the device has no network; throughput and me
 
 Variants: upstream eager with rows padded to the longest in the batch (a multiple of 64); upstream with
 `torch_compile=True` and every row padded to the job's maximum (the best an upstream user can do: one shape, one
-compilation); FAT5 as a user gets it by default (padded to the longest, `fat5` attention on the GPU), and FAT5
-compiled. Each variant reports samples/s over the steps after `--warmup-steps` (synchronised wall time, data loading
-included), peak GPU memory, and the mean training loss of its last logged steps.
+compilation); FAT5 padded to the longest (`fat5` attention on the GPU), and with `_packed` (the README's recipe:
+`fat5.DataCollatorWithPacking` rows of PACKED_ROWS tokens), `_compiled` (`torch_compile=True`), `_kernelized`
+(`fat5.kernelize`: the LM head fused into the loss). Each variant reports samples (examples)/s over the steps after
+`--warmup-steps` (synchronised wall time, data loading included), peak GPU memory, and the mean training loss of its
+last logged steps. `--smoke` runs tiny shapes on the CPU (with TRITON_INTERPRET=1 for the kernels): a check of the
+script, not a measurement.
 """
 
 import argparse
@@ -66,6 +69,8 @@ JOBS = {
     "qa": (QA_SHAPE, (100, 384), None),
     "seq2seq": (MT5_SMALL_SHAPE, (128, 512), (16, 64)),
 }
+# Packed rows: inputs and (seq2seq) targets a row, about four examples of each job's average length.
+PACKED_ROWS = {"qa": (1024, None), "seq2seq": (1024, 128)}
 EOS, PAD = 1, 0
 FAT5_MODELS = {"qa": FlashT5ForQuestionAnswering, "seq2seq": FlashT5ForConditionalGeneration}
 
@@ -128,7 +133,8 @@ class ThroughputCallback(TrainerCallback):
         self.timed_steps = 0
 
     def on_step_end(self, args, state, control, **kwargs):
-        torch.cuda.synchronize()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         if state.global_step == self.warmup_steps:
             self.start = time.perf_counter()
         elif state.global_step > self.warmup_steps:
@@ -136,10 +142,10 @@ class ThroughputCallback(TrainerCallback):
             self.elapsed = time.perf_counter() - self.start
 
 
-def build_model(job: str, upstream: bool, dropout: float):
+def build_model(job: str, upstream: bool, dropout: float, device: str):
     shape = dict(JOBS[job][0], dropout_rate=dropout, decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(device):
         if upstream and job == "qa":
             return T5ForQuestionAnswering(T5Config(**shape, attn_implementation="sdpa"))
         if upstream:
@@ -148,16 +154,20 @@ def build_model(job: str, upstream: bool, dropout: float):
 
 
 def run_variant(job: str, variant: str, args) -> dict:
-    upstream = variant.startswith("upstream")
-    compiled = variant.endswith("compiled")
-    model = build_model(job, upstream, args.dropout)
-    if variant == "fat5_kernelized":
+    upstream, *options = variant.split("_")
+    upstream = upstream == "upstream"
+    compiled = "compiled" in options
+    model = build_model(job, upstream, args.dropout, args.device)
+    if "kernelized" in options:
         fat5.kernelize(model)
     high = JOBS[job][1][1]
     targets = JOBS[job][2]
     collator = PaddingCollator()
     if upstream and compiled:
         collator = PaddingCollator(length=high, label_length=targets[1] if targets else None)
+    if "packed" in options:
+        max_length, decoder_max_length = PACKED_ROWS[job]
+        collator = fat5.DataCollatorWithPacking(max_length, decoder_max_length, pad_token_id=PAD)
     steps = args.warmup_steps + args.steps
     examples = synthetic_examples(job, steps * BATCH_SIZE)
     callback = ThroughputCallback(args.warmup_steps)
@@ -175,8 +185,10 @@ def run_variant(job: str, variant: str, args) -> dict:
             dataloader_num_workers=2,
             remove_unused_columns=False,
             seed=0,
+            use_cpu=args.device == "cpu",
         )
-        torch.cuda.reset_peak_memory_stats()
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         trainer = Trainer(
             model=model,
             args=training_args,
@@ -191,7 +203,7 @@ def run_variant(job: str, variant: str, args) -> dict:
         "variant": variant,
         "attn_implementation": model.config._attn_implementation,
         "samples_per_second": callback.timed_steps * BATCH_SIZE / callback.elapsed,
-        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if args.device == "cuda" else 0.0,
         "final_loss": sum(losses[-2:]) / len(losses[-2:]),
         "losses": losses,
         "steps": steps,
@@ -199,25 +211,52 @@ def run_variant(job: str, variant: str, args) -> dict:
     }
     del trainer, model
     gc.collect()
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     torch._dynamo.reset()
     return result
 
 
-VARIANTS = ("upstream", "upstream_compiled", "fat5", "fat5_compiled", "fat5_kernelized")
+def use_smoke_shapes():
+    """Tiny models and sequences, for a run of the script on the CPU."""
+    for name, shape in (("qa", QA_SHAPE), ("seq2seq", MT5_SMALL_SHAPE)):
+        shape.update(vocab_size=300, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+        _, _, targets = JOBS[name]
+        JOBS[name] = (shape, (10, 40), (3, 8) if targets else None)
+        PACKED_ROWS[name] = (64, 16 if targets else None)
+
+
+VARIANTS = (
+    "upstream", "upstream_compiled", "fat5", "fat5_compiled", "fat5_packed", "fat5_packed_compiled",
+    "fat5_packed_compiled_kernelized", "fat5_kernelized",
+)  # fmt: skip
+
+
+def variant_name(name: str) -> str:
+    base, *options = name.split("_")
+    allowed = {"compiled"} if base == "upstream" else {"packed", "compiled", "kernelized"}
+    if base not in ("upstream", "fat5") or not set(options) <= allowed or len(set(options)) != len(options):
+        raise argparse.ArgumentTypeError(
+            f"{name!r}: 'upstream' or 'fat5', then any of _packed, _compiled, _kernelized (upstream: _compiled only)"
+        )
+    return name
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), type=variant_name)
     parser.add_argument("--warmup-steps", type=int, default=15)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--out", default="results_finetune.json")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: checks the script")
     args = parser.parse_args()
+    args.device = "cpu" if args.smoke else "cuda"
+    if args.smoke:
+        use_smoke_shapes()
     environment = {
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else "cpu (smoke)",
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "triton": __import__("triton").__version__,
@@ -226,14 +265,15 @@ def main():
     results = []
     for job in args.jobs:
         for variant in args.variants:
-            if variant == "fat5_kernelized" and job != "seq2seq":
+            if "kernelized" in variant and job != "seq2seq":
                 continue  # the fused LM loss serves the LM head only
             try:
                 result = run_variant(job, variant, args)
             except Exception as error:  # one failing variant must not lose the others' numbers
                 result = {"job": job, "variant": variant, "error": f"{type(error).__name__}: {error}"[:2000]}
                 gc.collect()
-                torch.cuda.empty_cache()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
                 torch._dynamo.reset()
             results.append(result)
             print(json.dumps({k: v for k, v in result.items() if k != "losses"}), flush=True)
