@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     except finetune.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except finetune.ReloadCheckFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
     before, after, reload = results["before"], results["after"], results.get("reload")
     total_s = time.perf_counter() - started
@@ -69,6 +72,12 @@ def main(argv=None) -> int:
         ("pretraining (or cache)", f"{pretrain_s:.0f} s"),
         ("data", f"{results['train_examples']} training / {results['eval_examples']} held-out questions"),
         ("finetuning", f"{args.max_steps} steps, {results['timings']['train_s']:.0f} s on {results['device']}"),
+        (
+            "training speed",
+            f"{results['train_samples_per_second']:.1f} samples/s, "
+            f"{'packed rows' if results['packed'] else 'padded batches'}"
+            f"{', compiled' if results['compiled'] else ''}",
+        ),
         ("exact match", f"{before['exact_match']:5.1f} -> {after['exact_match']:5.1f}"),
         ("F1", f"{before['f1']:5.1f} -> {after['f1']:5.1f}"),
         ("saved", f"{Path(args.output_dir) / 'model'}: {', '.join(results['saved_files'])}"),

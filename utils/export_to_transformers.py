@@ -622,12 +622,22 @@ def register_doc(root: Path, doc_text: str, result: ExportResult) -> None:
 # The export
 
 
+# Test modules of the plugin's own tools, which stay in the plugin, with the reason.
+PLUGIN_TESTS = {
+    "test_convert_t5.py": "tests the conversion command line of the plugin (`python -m fat5...`)",
+    "test_packing.py": "tests the plugin's packing collator (`fat5.DataCollatorWithPacking`) with the kernels",
+    "test_initialization_flash_t5.py": "tests the initialisation of every plugin head against upstream T5",
+}
+
+
 def exported_test_files() -> tuple[list[Path], list[str]]:
     """The test modules of tests/models/flash_t5 that make sense in-tree, and the reasons for the others."""
     keep, left_out = [], []
     for path in sorted(TESTS_SRC.glob("test_*.py")):
         if path.name.startswith("test_kernel") or _imports_kernels(ast.parse(path.read_text(encoding="utf-8"))):
             left_out.append(f"tests/models/flash_t5/{path.name}: tests the Triton kernels, which are not exported")
+        elif path.name in PLUGIN_TESTS:
+            left_out.append(f"tests/models/flash_t5/{path.name}: {PLUGIN_TESTS[path.name]}")
         else:
             keep.append(path)
     return keep, left_out

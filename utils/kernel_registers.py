@@ -3,7 +3,7 @@
     env -u TRITON_INTERPRET PYTHONPATH=src python utils/kernel_registers.py --head-dim 128 [--arch 90]
 
 Compiles the forward and backward kernels as a bf16 call launches them (the tuned tiles; T5 bias by default, or
-`--bias alibi|dense|none`, `--causal`, `--key-mask`, `--dropout P`; the gradient of a T5 or dense bias) for a CUDA architecture,
+`--bias alibi|dense|none`, `--causal`, `--key-mask`, `--dropout P`, `--packed`; the gradient of a T5 or dense bias) for a CUDA architecture,
 with Triton's compiler and its bundled `ptxas`, and prints each kernel's registers per thread, spill bytes and shared
 memory. A kernel change can be screened here before a GPU call: at the 255-register limit, spills grow before the
 time does. `--tiles backward_q=64,64,4,3` tries other tiles. Nothing runs, so no CUDA device or driver is needed; the
@@ -43,7 +43,12 @@ class CompileOnlyDriver:
 
 
 def compile_kernels(
-    head_dim: int, bias: str = "t5", causal: bool = False, key_mask: bool = False, dropout: float = 0.0
+    head_dim: int,
+    bias: str = "t5",
+    causal: bool = False,
+    key_mask: bool = False,
+    dropout: float = 0.0,
+    packed: bool = False,
 ) -> list:
     """(name, compiled kernel) of each kernel that one forward and backward launches, with the bias's gradient."""
     compiled = []
@@ -81,11 +86,16 @@ def compile_kernels(
         bias_kind, bias_tensor = attention.BIAS_NONE, None
     options = (bias_kind, 1.0, causal, False, max_distance, 0)
     seed = torch.zeros(1, dtype=torch.int64) if dropout else None
-    attention._forward(q, k, v, mask, bias_tensor, tiles[0], *options, dropout, seed)
+    segments, starts = (None, None, None, None), (None, None)
+    if packed:
+        ids = torch.ones(1, length, dtype=torch.int32)
+        starts = (attention.segment_starts(ids, length),) * 2
+        segments = (ids, ids, *starts)
+    attention._forward(q, k, v, mask, bias_tensor, tiles[0], *options, dropout, seed, *segments[:2], starts[1])
     lse = torch.zeros(1, heads, length)
     bias_grad = bias in ("t5", "dense")
     attention._backward(
-        out, q, k, v, out, lse, mask, bias_tensor, tiles[1], tiles[2], *options, dropout, seed, bias_grad
+        out, q, k, v, out, lse, mask, bias_tensor, tiles[1], tiles[2], *options, dropout, seed, bias_grad, *segments
     )
     return compiled
 
@@ -126,6 +136,7 @@ def main():
     parser.add_argument("--causal", action="store_true")
     parser.add_argument("--key-mask", action="store_true", help="with a key-padding mask")
     parser.add_argument("--dropout", type=float, default=0.0, help="with attention dropout of this probability")
+    parser.add_argument("--packed", action="store_true", help="with segment ids (packed rows)")
     parser.add_argument(
         "--tiles",
         nargs="+",
@@ -152,7 +163,9 @@ def main():
     print(f"D = {args.head_dim}, {args.bias} bias, sm_{args.arch}, triton {triton.__version__}")
     if args.ptx_dir:
         os.makedirs(args.ptx_dir, exist_ok=True)
-    for name, kernel in compile_kernels(args.head_dim, args.bias, args.causal, args.key_mask, args.dropout):
+    for name, kernel in compile_kernels(
+        args.head_dim, args.bias, args.causal, args.key_mask, args.dropout, args.packed
+    ):
         print(f"{name:24s} {ptxas_report(kernel.asm['ptx'], args.arch)}, {kernel.metadata.shared} B shared")
         if args.ptx_dir:
             with open(os.path.join(args.ptx_dir, f"{name}.ptx"), "w") as f:

@@ -21,7 +21,8 @@ class DataCollatorWithPacking:
       length of a row of targets. A row closes when either its inputs or its targets are full.
     - token classification: `labels`, one per input token.
     - sequence classification: `labels`, one per example (an int, or a float for regression).
-    - extractive QA: `start_positions` and `end_positions`, token indices within the example.
+    - extractive QA: `start_positions` and `end_positions`, token indices within the example (an index past the
+      example, an answer truncated away, is ignored by the loss as in transformers' QA heads).
 
     A batch holds `input_ids`, `attention_mask` and `segment_ids` (rows, max_length): the examples of a row have ids
     1, 2, ... in turn and padding 0. Seq2seq adds `labels` and `decoder_segment_ids` (rows, decoder_max_length);
@@ -138,11 +139,11 @@ class DataCollatorWithPacking:
                 elif kind == "question_answering":
                     for name in ("start_positions", "end_positions"):
                         position = int(_as_scalar(feature[name]))
-                        if not 0 <= position < len(tokens):
-                            raise ValueError(
-                                f"Example {index}: `{name}`={position} lies outside its {len(tokens)} tokens."
-                            )
-                        batch[name][row, slot] = start + position
+                        if position < 0:
+                            raise ValueError(f"Example {index}: `{name}`={position} is negative.")
+                        # Past the example (an answer truncated away): ignored, as transformers' QA heads do.
+                        if position < len(tokens):
+                            batch[name][row, slot] = start + position
                 elif per_example:
                     batch["labels"][row, slot] = _as_scalar(feature["labels"])
                 start = end

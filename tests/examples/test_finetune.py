@@ -403,3 +403,27 @@ def test_tour_runs():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FlashT5ForQuestionAnswering" in result.stdout and "generated the same tokens" in result.stdout
+
+
+@pytest.mark.parametrize("head", ["qa", "seq2seq"])
+def test_training_is_packed_by_default_and_padded_with_no_pack(head, tiny_checkpoint, tmp_path):
+    """The README's recipe is the default: packed training rows (compiled only on a GPU); `--no-pack` pads. Both train
+    and reload; the packed rows hold several examples (fewer rows than examples)."""
+    packed_out, padded_out = tmp_path / "packed", tmp_path / "padded"
+    assert run_finetune("--head", head, "--model", tiny_checkpoint, "--output-dir", packed_out) == 0
+    assert run_finetune("--head", head, "--model", tiny_checkpoint, "--output-dir", padded_out, "--no-pack") == 0
+    packed, padded = (json.loads((out / "results.json").read_text()) for out in (packed_out, padded_out))
+    assert packed["packed"] and not padded["packed"]
+    assert packed["compiled"] == padded["compiled"] == torch.cuda.is_available()
+    for results in (packed, padded):
+        assert all(math.isfinite(loss) and loss > 0 for _, loss in results["loss_curve"])
+        assert results["reload"]["passed"]
+
+    task_args = finetune.build_parser().parse_args(
+        ["--head", head, "--model", str(tiny_checkpoint), "--output-dir", str(tmp_path / "unused"), *TINY]
+    )
+    tokenizer = finetune.load_tokenizer(str(tiny_checkpoint))
+    rows = finetune.load_jsonl(finetune.DATA_DIR / finetune.DEFAULT_FILES[head][0], head, 8)
+    task = finetune.Task(head, tokenizer, rows, rows, task_args)
+    batch = task.training_collator()(task.train_features)
+    assert batch["input_ids"].shape[0] < len(rows) and int(batch["segment_ids"].max()) >= 2

@@ -126,6 +126,11 @@ def test_collator_places_per_example_labels_by_segment():
     ]
     batch = DataCollatorWithPacking(max_length=10, max_examples_per_row=4)(features)
     assert batch["start_positions"].tolist() == [[1, 4, -100, -100]]
+    # An answer truncated away (a position past its example) is ignored, as the unpacked heads ignore it.
+    truncated = DataCollatorWithPacking(max_length=10)(
+        [{"input_ids": [5] * 4, "start_positions": 4, "end_positions": 9}]
+    )
+    assert truncated["start_positions"][0, 0].item() == -100 and truncated["end_positions"][0, 0].item() == -100
     assert batch["end_positions"].tolist() == [[2, 6, -100, -100]]
     labels = DataCollatorWithPacking(max_length=10, max_examples_per_row=2)(
         [{"input_ids": [5] * 4, "labels": 2}, {"input_ids": [5] * 4, "labels": 0}, {"input_ids": [5], "labels": 1}]
@@ -141,8 +146,8 @@ def test_collator_refuses_what_it_cannot_pack():
         collator([{"input_ids": [5] * 2, "labels": [1] * 5}])
     with pytest.raises(ValueError, match="empty list"):
         collator([])
-    with pytest.raises(ValueError, match="outside its 3 tokens"):
-        DataCollatorWithPacking(max_length=8)([{"input_ids": [5] * 3, "start_positions": 3, "end_positions": 3}])
+    with pytest.raises(ValueError, match="`start_positions`=-1 is negative"):
+        DataCollatorWithPacking(max_length=8)([{"input_ids": [5] * 3, "start_positions": -1, "end_positions": 0}])
     with pytest.raises(ValueError, match="mix labels of different heads"):
         DataCollatorWithPacking(max_length=8)(
             [{"input_ids": [5], "labels": 1}, {"input_ids": [5], "start_positions": 0, "end_positions": 0}]

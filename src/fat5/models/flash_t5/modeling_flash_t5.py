@@ -328,7 +328,7 @@ class FlashT5Attention(nn.Module):
         `position_embeddings` are the rotary (cos, sin) of the query positions, and of the key positions in
         self-attention; `key_position_embeddings` those of the cross-attention's keys (the encoder positions).
         `query_segment_ids` and `key_segment_ids` mark the examples of packed rows: the mask already keeps them
-        apart, and attention functions that mask in place (the `fat5` kernels) take them instead of a dense mask.
+        apart, and attention functions that mask in place (fused kernels) take them instead of a dense mask.
         """
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.key_value_proj_dim)
@@ -808,7 +808,7 @@ class FlashT5Stack(FlashT5PreTrainedModel):
             The decoder's self- and cross-attention keys and values of the tokens decoded so far, returned when
             `use_cache=True`: pass it back to run the decoder on the new tokens only.
         segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Packed rows (`fat5.DataCollatorWithPacking`): the example of each token, 1, 2, ... along a row, padding 0
+            Packed rows (several examples a row): the example of each token, 1, 2, ... along a row, padding 0
             last. Attention stays within an example; the segments stand for the attention mask.
         encoder_segment_ids (`torch.LongTensor` of shape `(batch_size, encoder_sequence_length)`, *optional*):
             The decoder's cross-attention in packed rows: the example of each encoder token, whose ids the decoder
@@ -990,7 +990,7 @@ class FlashT5Model(FlashT5PreTrainedModel):
             The decoder's self- and cross-attention keys and values of the tokens decoded so far, returned when
             `use_cache=True`: pass it back to run the decoder on the new tokens only.
         segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Packed rows (`fat5.DataCollatorWithPacking`): the example of each input token, 1, 2, ... along a row,
+            Packed rows (several examples a row): the example of each input token, 1, 2, ... along a row,
             padding 0 last. Each example attends only to itself; the segments stand for `attention_mask`.
         decoder_segment_ids (`torch.LongTensor` of shape `(batch_size, target_sequence_length)`, *optional*):
             The example of each target token in packed rows, with the ids of `segment_ids`: each example's targets
@@ -1110,7 +1110,7 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
             The decoder's self- and cross-attention keys and values of the tokens decoded so far, returned when
             `use_cache=True`: pass it back to run the decoder on the new tokens only.
         segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Packed rows (`fat5.DataCollatorWithPacking`): the example of each input token, 1, 2, ... along a row,
+            Packed rows (several examples a row): the example of each input token, 1, 2, ... along a row,
             padding 0 last. Each example attends only to itself; the segments stand for `attention_mask`.
         decoder_segment_ids (`torch.LongTensor` of shape `(batch_size, target_sequence_length)`, *optional*):
             The example of each target token in packed rows, with the ids of `segment_ids`: each example's targets
@@ -1237,7 +1237,7 @@ class FlashT5EncoderModel(FlashT5PreTrainedModel):
     ) -> BaseModelOutput:
         r"""
         segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Packed rows (`fat5.DataCollatorWithPacking`): the example of each token, 1, 2, ... along a row, padding 0
+            Packed rows (several examples a row): the example of each token, 1, 2, ... along a row, padding 0
             last. Each example attends only to itself; the segments stand for `attention_mask`.
         """
         return self.encode(input_ids, attention_mask, inputs_embeds, segment_ids, **kwargs)
@@ -1275,7 +1275,7 @@ class FlashT5ForSequenceClassification(FlashT5EncoderModel):
             per example of each row, `(batch_size, examples_per_row)`, -100 (NaN for regression) where a row has
             fewer examples; the logits are then `(batch_size, examples_per_row, num_labels)`.
         segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Packed rows (`fat5.DataCollatorWithPacking`): the example of each token, 1, 2, ... along a row, padding 0
+            Packed rows (several examples a row): the example of each token, 1, 2, ... along a row, padding 0
             last. Each example attends only to itself; the segments stand for `attention_mask`.
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
@@ -1392,7 +1392,7 @@ class FlashT5ForTokenClassification(FlashT5EncoderModel):
             Labels for computing the token classification loss. Indices should be in `[0, ..., config.num_labels - 1]`;
             -100 marks tokens the loss ignores.
         segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Packed rows (`fat5.DataCollatorWithPacking`): the example of each token, 1, 2, ... along a row, padding 0
+            Packed rows (several examples a row): the example of each token, 1, 2, ... along a row, padding 0
             last. Each example attends only to itself; the segments stand for `attention_mask`.
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
@@ -1438,7 +1438,7 @@ class FlashT5ForQuestionAnswering(FlashT5EncoderModel):
         end_positions (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Position (index) of the end of the labelled span, as `start_positions`.
         segment_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Packed rows (`fat5.DataCollatorWithPacking`): the example of each token, 1, 2, ... along a row, padding 0
+            Packed rows (several examples a row): the example of each token, 1, 2, ... along a row, padding 0
             last. Each example attends only to itself; the segments stand for `attention_mask`.
         """
         outputs = self.encode(input_ids, attention_mask, inputs_embeds, segment_ids, **kwargs)
