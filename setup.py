@@ -17,7 +17,6 @@ setup(
         # 3.8, ...), and that is the one to run; a cap here would refuse a current torch or downgrade it. The CPU
         # builds of torch bring no Triton: the README's install section says which to add for the interpreter.
         "triton": ["triton>=3.3"],
-        "flash-attn": ["flash-attn>=2.6"],
         "testing": ["pytest", "pytest-xdist", "parameterized", "ruff==0.14.10", "transformers-mlinter"],
     },
 )
