@@ -312,6 +312,20 @@ def test_mt5_model_converts_to_the_same_model(separate_lm_head):
     assert converted.config.tie_word_embeddings is not separate_lm_head
 
 
+@pytest.mark.parametrize("layout", ["google", "saved_by_transformers"])
+def test_mt5_folder_loads_directly_as_the_same_model(layout, tmp_path):
+    """`FlashT5ForConditionalGeneration.from_pretrained(mt5_folder)`, without converting: mT5 never rescales its decoder
+    output, also from a folder that transformers 5.x saved (its config says `tie_word_embeddings: true`)."""
+    if layout == "google":
+        write_google_mt5_folder(tmp_path / "mt5", num_decoder_layers=2)
+    else:
+        tiny_mt5(separate_lm_head=False, num_decoder_layers=2).save_pretrained(tmp_path / "mt5")
+    upstream = MT5ForConditionalGeneration.from_pretrained(tmp_path / "mt5").eval()
+    loaded = FlashT5ForConditionalGeneration.from_pretrained(tmp_path / "mt5").eval()
+    assert loaded.config.scale_decoder_outputs is False
+    assert_same_outputs(upstream, loaded, generate=False)
+
+
 # The CLI's refusals (issue 24, item 6): one line on stderr, a non-zero exit, nothing loaded, nothing written.
 
 

@@ -101,6 +101,10 @@ def legacy_config_to_native(config_dict: dict) -> dict:
     if model_type in ("t5", "mt5"):
         for key in _T5_DERIVED_KEYS:
             config.pop(key, None)
+        # mT5 never rescales its decoder output (MT5ForConditionalGeneration), whatever `tie_word_embeddings` says:
+        # 5.x writes `true` for every mT5 it saves. T5 rescales when tied, the config's default.
+        if model_type == "mt5":
+            config["scale_decoder_outputs"] = False
         config["model_type"] = "flash_t5"
         return config
 
