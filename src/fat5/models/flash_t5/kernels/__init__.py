@@ -56,9 +56,10 @@ def fat5_attention_mask(
 ) -> torch.Tensor | None:
     """The key-padding mask as a (batch, kv_length) boolean tensor, or None when nothing is padded.
 
-    Causality is not in it: the kernel gets `is_causal` and the query offset and masks in place. Under
-    `torch.compile` the mask is kept as it is: whether anything is padded depends on the data, which a graph cannot
-    branch on.
+    Causality is not in it: the kernel gets `is_causal` and the query offset and masks in place. Nor is the model's
+    mask function of packed rows (each example sees only itself): the kernel takes their segment ids as attention
+    kwargs and masks in place too. Under `torch.compile` the mask is kept as it is: whether anything is padded depends
+    on the data, which a graph cannot branch on.
     """
     if attention_mask is None:
         return None
