@@ -6,6 +6,7 @@ model without `fat5`, and the exported `tests/models/flash_t5/test_modeling_flas
 in-tree model. Set FAT5_EXPORT_ALL_TESTS=1 to run every exported test module (slower).
 """
 
+import datetime
 import importlib.util
 import json
 import os
@@ -48,6 +49,12 @@ def _tree_env(tree: Path) -> dict[str, str]:
     return env
 
 
+REPO_CHECK_PY = 'PRIVATE_MODELS = [\n    "LongT5Stack",\n    "T5Stack",\n    "MT5Stack",\n]\n'
+CHECK_CONFIG_ATTRIBUTES_PY = (
+    'SPECIAL_CASES_TO_ALLOW = {\n    "T5Config": ["feed_forward_proj"],\n    "MT5Config": ["feed_forward_proj"],\n}\n'
+)
+
+
 @pytest.fixture(scope="module")
 def exported_tree(tmp_path_factory):
     tree = fetch.unpack_sdist(tmp_path_factory.mktemp("transformers_src"))
@@ -60,12 +67,18 @@ def exported_tree(tmp_path_factory):
         "    sections:\n"
         "    - local: model_doc/falcon\n"
         "      title: Falcon\n"
+        "    - local: model_doc/flan-t5\n"
+        "      title: FLAN-T5\n"
         "    - local: model_doc/flaubert\n"
         "      title: FlauBERT\n"
         "    - local: model_doc/t5\n"
         "      title: T5\n"
         "    title: Text models\n"
     )
+    # transformers' checkout has the repository checks in utils/; its sdist has not: the lists a new model joins
+    (tree / "utils").mkdir()
+    (tree / "utils" / "check_repo.py").write_text(REPO_CHECK_PY)
+    (tree / "utils" / "check_config_attributes.py").write_text(CHECK_CONFIG_ATTRIBUTES_PY)
     result = exporter.export(tree)
     # the three modules transformers' common tests import and its sdist lacks (and the package __init__ files)
     fetch.install_stand_ins(tree / "tests")
@@ -107,11 +120,45 @@ def test_export_writes_the_model_and_its_registrations(exported_tree):
 
     doc = (tree / "docs" / "source" / "en" / "model_doc" / "flash_t5.md").read_text()
     assert "[[autodoc]] FlashT5ForConditionalGeneration" in doc and "import fat5" not in doc
+    # utils/add_dates.py: FAT5's release, and the day it is added (today, for a model not yet on transformers' main)
+    today = datetime.date.today().isoformat()
+    assert f"\n*This model was released on 2025-01-10 and added to Hugging Face Transformers on {today}.*\n" in doc
     toctree = (tree / "docs" / "source" / "en" / "_toctree.yml").read_text()
+    # utils/check_doc_toc.py sorts by lower-cased title: Falcon, FAT5, FLAN-T5, FlauBERT
     assert (
-        "      title: Falcon\n    - local: model_doc/flash_t5\n      title: FAT5\n    - local: model_doc/flaubert\n"
+        "      title: Falcon\n    - local: model_doc/flash_t5\n      title: FAT5\n    - local: model_doc/flan-t5\n"
         in toctree
     )
+
+
+def test_export_adds_the_repository_check_entries(exported_tree):
+    tree, _ = exported_tree
+    check_repo = (tree / "utils" / "check_repo.py").read_text()
+    assert check_repo == REPO_CHECK_PY.replace('"T5Stack",\n', '"T5Stack",\n    "FlashT5Stack",\n')
+    config_attributes = (tree / "utils" / "check_config_attributes.py").read_text()
+    assert '    "T5Config": ["feed_forward_proj"],\n    "FlashT5Config": ["feed_forward_proj"],\n' in config_attributes
+
+
+def test_exported_python_files_are_ruff_clean(exported_tree):
+    """transformers' `ruff check` (isort included) and `ruff format --check` with the tree's own configuration."""
+    ruff = exporter.find_ruff()
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    tree, _ = exported_tree
+    folders = ["src/transformers/models/flash_t5", "tests/models/flash_t5"]
+    for command in (["check"], ["format", "--check"]):
+        proc = subprocess.run([ruff, *command, *folders], cwd=tree, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_toctree_entry_is_placed_by_title():
+    toctree = "- sections:\n  - local: model_doc/bert\n    title: BERT\n  - local: model_doc/t5\n    title: T5\n"
+    once = exporter.insert_toctree_entry(toctree)
+    assert once == toctree.replace(
+        "  - local: model_doc/t5", "  - local: model_doc/flash_t5\n    title: FAT5\n  - local: model_doc/t5"
+    )
+    assert exporter.insert_toctree_entry(once) == once
+    assert exporter.insert_toctree_entry("- local: model_doc/bert\n  title: BERT\n") is None
 
 
 def test_export_is_idempotent(exported_tree):

@@ -22,8 +22,10 @@ Running it twice gives the same tree. Also importable: `export(transformers_root
 
 import argparse
 import ast
+import datetime
 import re
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +65,22 @@ KERNELS_NOTE = (
     "`AttentionMaskInterface`, with the RMSNorm and loss as `kernelize` layers), not in the transformers tree."
 )
 CONVERSION_MARKER = "# FAT5 (flash_t5): the reference implementation's checkpoint keys, FIRE's scalars"
+# What transformers' repository checks need to know about a new model, as (file under utils/, list or dict name,
+# the entry FAT5 needs, the entry of the T5 model it goes next to). T5's stack and its config's `feed_forward_proj`
+# (read by the config to derive the activation, never as `config.feed_forward_proj` in the modeling file) are listed
+# there; FAT5's are the same.
+REPO_CHECK_ENTRIES = (
+    ("check_repo.py", "PRIVATE_MODELS", '    "FlashT5Stack",\n', '    "T5Stack",\n'),
+    (
+        "check_config_attributes.py",
+        "SPECIAL_CASES_TO_ALLOW",
+        '    "FlashT5Config": ["feed_forward_proj"],\n',
+        '    "T5Config": ["feed_forward_proj"],\n',
+    ),
+)
+# The dates line of transformers' model pages, as `utils/add_dates.py` checks it: the release date of the model (FAT5
+# has no paper: its official release with weights and technical report), and the day it is added to transformers.
+DATES_LINE = re.compile(r"^\*This model was released on (?P<released>\S+?)(?: and [^\n]*)?\.\*$", re.MULTILINE)
 # `fat5` as a word of its own (not `fat5_model`, not `flan-t5-base-fat5`).
 FAT5_WORD = re.compile(r"(?<![\w-])fat5(?![\w-])")
 
@@ -584,38 +602,117 @@ def register_checkpoint_conversion(package: Path, result: ExportResult) -> None:
     _edit(path, text[:position] + block + text[position:], result)
 
 
+def insert_toctree_entry(text: str) -> str | None:
+    """`text` (a `_toctree.yml`) with FAT5's page among T5's siblings, in the order of `utils/check_doc_toc.py`.
+
+    That checker sorts each section's model pages by lower-cased title ("FAT5" before "FLAN-T5"). None when the
+    table lists no `model_doc/t5` page to find the section by; `text` itself when the entry is already there.
+    """
+    if f"local: model_doc/{MODEL_TYPE}\n" in text:
+        return text
+    lines = text.splitlines(keepends=True)
+    entry = re.compile(r"^(\s*)- local: model_doc/(\S+)\s*$")
+    t5_index = next((i for i, line in enumerate(lines) if (m := entry.match(line)) and m.group(2) == "t5"), None)
+    if t5_index is None:
+        return None
+    indent = entry.match(lines[t5_index]).group(1)
+    title_line = re.compile(rf"^{indent}  title: (.*)$")
+
+    def sibling(i: int) -> tuple[str, int] | None:  # (title, lines taken) of the page entry starting at line i
+        match = entry.match(lines[i]) if i < len(lines) else None
+        if match is None or match.group(1) != indent or i + 1 >= len(lines):
+            return None
+        title = title_line.match(lines[i + 1].rstrip("\n"))
+        return (title.group(1).strip(), 2) if title else None
+
+    first = t5_index
+    while first >= 2 and sibling(first - 2) is not None:
+        first -= 2
+    position = first
+    while (page := sibling(position)) is not None and page[0].lower() < DOC_TITLE.lower():
+        position += page[1]
+    new_entry = [f"{indent}- local: model_doc/{MODEL_TYPE}\n", f"{indent}  title: {DOC_TITLE}\n"]
+    return "".join(lines[:position] + new_entry + lines[position:])
+
+
 def register_doc(root: Path, doc_text: str, result: ExportResult) -> None:
     docs = root / "docs" / "source" / "en"
     if not docs.is_dir():
         result.notes.append(f"{root} has no docs/source/en: the doc page was not exported")
         return
-    _write(docs / "model_doc" / f"{MODEL_TYPE}.md", doc_text, result)
+    page = docs / "model_doc" / f"{MODEL_TYPE}.md"
+    _write(page, dates_line(doc_text, page), result)
     toctree = docs / "_toctree.yml"
     if not toctree.is_file():
         result.notes.append(f"{toctree} is missing: no table-of-contents entry added")
         return
-    text = toctree.read_text(encoding="utf-8")
-    if f"local: model_doc/{MODEL_TYPE}\n" in text:
-        return
-    lines = text.splitlines(keepends=True)
-    entries = [
-        (i, m.group(1), m.group(2))
-        for i, line in enumerate(lines)
-        if (m := re.match(r"^(\s*)- local: model_doc/(\S+)\s*$", line))
-    ]
-    if not entries:
-        result.notes.append(f"{toctree} lists no model_doc pages: no entry added")
-        return
-    # next to flaubert (text models) when it is there, else before the first page that sorts after ours
-    anchor = next((e for e in entries if e[2] == "flaubert"), None) or next(
-        (e for e in entries if e[2] > MODEL_TYPE), None
-    )
-    if anchor is None:
-        index, indent = entries[-1][0] + 2, entries[-1][1]
+    new = insert_toctree_entry(toctree.read_text(encoding="utf-8"))
+    if new is None:
+        result.notes.append(f"{toctree} lists no model_doc/t5 page: no entry added")
     else:
-        index, indent = anchor[0], anchor[1]
-    entry = [f"{indent}- local: model_doc/{MODEL_TYPE}\n", f"{indent}  title: {DOC_TITLE}\n"]
-    _edit(toctree, "".join(lines[:index] + entry + lines[index:]), result)
+        _edit(toctree, new, result)
+
+
+def register_in_repo_checks(root: Path, result: ExportResult) -> None:
+    """The entries of `utils/check_*.py` that a new model needs, next to T5's (idempotent)."""
+    for filename, list_name, entry, t5_entry in REPO_CHECK_ENTRIES:
+        path = root / "utils" / filename
+        if not path.is_file():
+            result.notes.append(f"utils/{filename} is missing: add {entry.strip()} to its {list_name} by hand")
+            continue
+        text = path.read_text(encoding="utf-8")
+        opening = re.search(rf"^{list_name}\s*=\s*[\[{{]\n", text, flags=re.MULTILINE)
+        if opening is None:
+            raise ExportError(f"utils/{filename} has no `{list_name}` to add {entry.strip()} to")
+        if entry in text[opening.end() :]:
+            continue
+        t5_position = text.find(t5_entry, opening.end())
+        position = t5_position + len(t5_entry) if t5_position != -1 else opening.end()
+        _edit(path, text[:position] + entry + text[position:], result)
+
+
+def find_ruff() -> str | None:
+    """The ruff executable: on PATH, or beside the running interpreter (an unactivated virtual environment)."""
+    beside = Path(sys.executable).parent / "ruff"
+    return shutil.which("ruff") or (str(beside) if beside.is_file() else None)
+
+
+def ruff_fix_and_format(ruff: str, path: Path, text: str) -> str:
+    """`text` as `ruff check --fix` and `ruff format` leave it, with the configuration of the tree `path` is in.
+
+    The rewritten imports are no longer in isort's order (relative imports sort apart from absolute ones), and
+    transformers' `make style` would re-sort and re-format them: the export writes what `make style` would leave.
+    """
+    for command in (["check", "--fix", "--exit-zero", "--quiet"], ["format", "--quiet"]):
+        proc = subprocess.run(
+            [ruff, *command, "--stdin-filename", str(path), "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            cwd=path.parents[1] if path.parents[1].is_dir() else None,
+            timeout=300,
+        )
+        if proc.returncode != 0:
+            raise ExportError(f"`ruff {command[0]}` failed on {path.name}: {proc.stderr.strip()[-2000:]}")
+        text = proc.stdout
+    return text
+
+
+def dates_line(doc_text: str, page: Path) -> str:
+    """`doc_text` with the dates line `utils/add_dates.py` wants for a model added now.
+
+    The added date is the day of the first export into this tree (kept when the page is exported again, so that the
+    export stays idempotent), as add_dates writes today's date for a model that is not yet on transformers' main.
+    """
+    match = DATES_LINE.search(doc_text)
+    if match is None:
+        raise ExportError(f"{DOC_SRC.name} has no `*This model was released on YYYY-MM-DD ...*` line")
+    added = datetime.date.today().isoformat()
+    if page.is_file():
+        previous = re.search(r"added to Hugging Face Transformers on (\d{4}-\d{2}-\d{2})\.\*", page.read_text("utf-8"))
+        added = previous.group(1) if previous else added
+    line = f"*This model was released on {match.group('released')} and added to Hugging Face Transformers on {added}.*"
+    return doc_text[: match.start()] + line + doc_text[match.end() :]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -666,11 +763,17 @@ def export(transformers_root: Path) -> ExportResult:
     result.left_out.append(KERNELS_NOTE)
 
     model_dir = package / "models" / MODEL_TYPE
+    tests_dir = root / "tests" / "models" / MODEL_TYPE
+    ruff = find_ruff()
+    if ruff is None:
+        result.notes.append("ruff is not installed: run `make style` in the tree before committing the export")
+    else:
+        model_files = {name: ruff_fix_and_format(ruff, model_dir / name, text) for name, text in model_files.items()}
+        test_files = {name: ruff_fix_and_format(ruff, tests_dir / name, text) for name, text in test_files.items()}
     shutil.rmtree(model_dir, ignore_errors=True)  # no stale file of an earlier export survives
     for name, content in model_files.items():
         _write(model_dir / name, content, result)
 
-    tests_dir = root / "tests" / "models" / MODEL_TYPE
     shutil.rmtree(tests_dir, ignore_errors=True)
     _write(tests_dir / "__init__.py", "", result)
     for name, content in test_files.items():
@@ -690,6 +793,7 @@ def export(transformers_root: Path) -> ExportResult:
     register_in_auto_mappings(package, result)
     register_in_models_init(package, result)
     register_checkpoint_conversion(package, result)
+    register_in_repo_checks(root, result)
     if doc_text is not None:
         register_doc(root, doc_text, result)
     else:
