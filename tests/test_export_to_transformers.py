@@ -315,3 +315,61 @@ def test_exported_model_folder_passes_mlinter(exported_tree):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+upstream = _load("fat5_check_upstream", REPO_ROOT / "utils" / "check_upstream.py")
+
+
+@pytest.mark.parametrize("case", ["no_utils", "no_git", "already_exported"])
+def test_check_upstream_refuses_what_is_not_a_clean_transformers_checkout(case, tmp_path):
+    (tmp_path / "src" / "transformers").mkdir(parents=True)
+    (tmp_path / "src" / "transformers" / "__init__.py").write_text('__version__ = "5.24.0"\n')
+    if case != "no_utils":
+        (tmp_path / "utils").mkdir()
+        (tmp_path / "utils" / "checkers.py").write_text("")
+    if case != "no_git":
+        (tmp_path / ".git").mkdir()
+    if case == "already_exported":
+        (tmp_path / "src" / "transformers" / "models" / "flash_t5").mkdir(parents=True)
+    expected = {
+        "no_utils": "not a transformers checkout",
+        "no_git": "not a git checkout",
+        "already_exported": "flash_t5",
+    }
+    before = _snapshot(tmp_path)
+    with pytest.raises(upstream.NotATransformersCheckout, match=expected[case]):
+        upstream.check_checkout(tmp_path)
+    if case == "no_utils":  # the command line: exit status 2, the reason on stderr, nothing written
+        proc = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "utils" / "check_upstream.py"), str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and expected[case] in proc.stderr
+    assert _snapshot(tmp_path) == before
+
+
+def test_check_upstream_counts_only_the_complaints_the_export_adds():
+    before = "Ruff linting\n$ ruff check src\nsrc/a.py:1:1: F401 unused\nFound 1 error.\nFAILED (1.20s)\n"
+    after = (
+        "Ruff linting\n$ ruff check src\nsrc/a.py:1:1: F401 unused\nsrc/transformers/models/flash_t5/x.py:3:1: I001\n"
+        "Found 2 errors.\nFAILED (2.31s)\n"
+    )
+    assert upstream.new_complaints(before, after) == [
+        "src/transformers/models/flash_t5/x.py:3:1: I001",
+        "Found 2 errors.",
+    ]
+    assert upstream.new_complaints(before, before.replace("1.20s", "9.99s")) == []
+    # a line that appears once more after the export is new
+    assert upstream.new_complaints("x\n", "x\nx\n") == ["x"]
+
+    passed, line = upstream.verdict("ruff_check", upstream.CheckRun(1, before), upstream.CheckRun(1, after))
+    assert not passed and line.startswith(
+        "FAIL  ruff_check: src/transformers/models/flash_t5/x.py:3:1: I001 | Found 2"
+    )
+    passed, line = upstream.verdict("ruff_check", upstream.CheckRun(1, before), upstream.CheckRun(1, before))
+    assert passed and "fails before the export too" in line
+    assert upstream.verdict("repo", upstream.CheckRun(1, before), upstream.CheckRun(0, "OK")) == (True, "PASS  repo")
+    passed, line = upstream.verdict("doc_toc", upstream.CheckRun(0, "OK"), upstream.CheckRun(1, "FAILED (0.1s)"))
+    assert not passed and line.startswith("FAIL  doc_toc")
