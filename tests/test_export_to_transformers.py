@@ -373,3 +373,17 @@ def test_check_upstream_counts_only_the_complaints_the_export_adds():
     assert upstream.verdict("repo", upstream.CheckRun(1, before), upstream.CheckRun(0, "OK")) == (True, "PASS  repo")
     passed, line = upstream.verdict("doc_toc", upstream.CheckRun(0, "OK"), upstream.CheckRun(1, "FAILED (0.1s)"))
     assert not passed and line.startswith("FAIL  doc_toc")
+
+
+def test_check_upstream_ignores_traceback_frames_and_skips_tests_the_tree_cannot_run():
+    # the export adds a line to utils/check_repo.py: the frames move, the complaint is the same
+    before = 'Traceback (most recent call last):\n  File "utils/check_repo.py", line 1424, in <module>\nException: X\n'
+    assert upstream.new_complaints(before, before.replace("1424", "1425")) == []
+    broken = upstream.CheckRun(4, "ImportError while loading conftest\nE   RuntimeError: TF32 flags\n")
+    passed, line = upstream.tests_line(upstream.CheckRun(4, "E   RuntimeError: TF32 flags\n"), broken)
+    assert passed and line.startswith("SKIP  pytest tests/models/flash_t5: the tree cannot run T5's tests either: E ")
+    passed, line = upstream.tests_line(
+        upstream.CheckRun(1, "FAILED tests/x.py::test_a\n1 failed"), upstream.CheckRun(0, "")
+    )
+    assert not passed and line == "FAIL  pytest tests/models/flash_t5: FAILED tests/x.py::test_a"
+    assert upstream.tests_line(upstream.CheckRun(0, "3 passed in 1s"), upstream.CheckRun(0, ""))[0]
