@@ -53,7 +53,10 @@ def main(argv=None) -> int:
 
     print("\n== 2/3 finetuning FlashT5ForQuestionAnswering with Trainer", flush=True)
     argv = ["--head", "qa", "--model", str(checkpoint), "--output-dir", args.output_dir, "--overwrite"]
-    argv += ["--max-steps", str(args.max_steps), "--learning-rate", str(args.learning_rate), *args.finetune_args]
+    argv += ["--max-steps", str(args.max_steps), "--learning-rate", str(args.learning_rate)]
+    # The packed path, on the CPU too: rows of 256 tokens (on the CPU the pure-PyTorch attention computes every pair
+    # of a row; the GPU kernels skip other examples' tiles, and finetune.py packs rows of 1024 there).
+    argv += ["--pack", "--pack-length", "256", *args.finetune_args]
     finetune_args = finetune.build_parser().parse_args(argv)
     try:
         results = finetune.run(finetune_args)

@@ -406,21 +406,21 @@ def test_tour_runs():
 
 
 @pytest.mark.parametrize("head", ["qa", "seq2seq"])
-def test_training_is_packed_by_default_and_padded_with_no_pack(head, tiny_checkpoint, tmp_path):
-    """The README's recipe is the default: packed training rows (compiled only on a GPU); `--no-pack` pads. Both train
-    and reload; the packed rows hold several examples (fewer rows than examples)."""
-    packed_out, padded_out = tmp_path / "packed", tmp_path / "padded"
-    assert run_finetune("--head", head, "--model", tiny_checkpoint, "--output-dir", packed_out) == 0
-    assert run_finetune("--head", head, "--model", tiny_checkpoint, "--output-dir", padded_out, "--no-pack") == 0
-    packed, padded = (json.loads((out / "results.json").read_text()) for out in (packed_out, padded_out))
-    assert packed["packed"] and not padded["packed"]
-    assert packed["compiled"] == padded["compiled"] == torch.cuda.is_available()
-    for results in (packed, padded):
+def test_training_packs_on_a_gpu_by_default_and_where_asked(head, tiny_checkpoint, tmp_path):
+    """The README's recipe is the default on a GPU (packed training rows, compiled); on the CPU batches are padded
+    unless `--pack` is given. Both train and reload; packed rows hold several examples (fewer rows than examples)."""
+    default_out, packed_out = tmp_path / "default", tmp_path / "packed"
+    assert run_finetune("--head", head, "--model", tiny_checkpoint, "--output-dir", default_out) == 0
+    assert run_finetune("--head", head, "--model", tiny_checkpoint, "--output-dir", packed_out, "--pack") == 0
+    default, packed = (json.loads((out / "results.json").read_text()) for out in (default_out, packed_out))
+    assert default["packed"] == torch.cuda.is_available() and packed["packed"]
+    assert packed["compiled"] == default["compiled"] == torch.cuda.is_available()
+    for results in (default, packed):
         assert all(math.isfinite(loss) and loss > 0 for _, loss in results["loss_curve"])
         assert results["reload"]["passed"]
 
     task_args = finetune.build_parser().parse_args(
-        ["--head", head, "--model", str(tiny_checkpoint), "--output-dir", str(tmp_path / "unused"), *TINY]
+        ["--head", head, "--model", str(tiny_checkpoint), "--output-dir", str(tmp_path / "unused"), "--pack", *TINY]
     )
     tokenizer = finetune.load_tokenizer(str(tiny_checkpoint))
     rows = finetune.load_jsonl(finetune.DATA_DIR / finetune.DEFAULT_FILES[head][0], head, 8)
