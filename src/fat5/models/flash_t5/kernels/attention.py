@@ -201,9 +201,10 @@ def _same_segment(s, query_segments, key_segments, KEYS_BY_ROW: tl.constexpr):
 
 
 @triton.jit
-def _segment_range(SEGMENTS_ROW, OTHER_STARTS_ROW, offs, length):
+def _segment_range(SEGMENTS_ROW, OTHER_STARTS_ROW, offs, length, OTHER_BLOCK: tl.constexpr):
     """The segments of a tile's rows (0 past `length`), and the range [lo, hi) of the other sequence that holds the
-    same segments: a packed row's examples are contiguous, so the tiles outside it are skipped whole."""
+    same segments: a packed row's examples are contiguous, so the tiles outside it are skipped whole. `lo` is rounded
+    down to a tile of OTHER_BLOCK: the kernels' ranges are tiled from 0."""
     segments = tl.load(SEGMENTS_ROW + offs, mask=offs < length, other=0)
     last = tl.max(segments, 0)
     first = tl.min(tl.where(segments == 0, last, segments), 0)
@@ -211,7 +212,16 @@ def _segment_range(SEGMENTS_ROW, OTHER_STARTS_ROW, offs, length):
     hi = tl.load(OTHER_STARTS_ROW + last + 1)
     # A tile of padding only (segment 0) attends to nothing.
     hi = tl.where(last == 0, lo, hi)
-    return segments, lo, hi
+    return segments, lo // OTHER_BLOCK * OTHER_BLOCK, hi
+
+
+@triton.jit
+def _within_segments(lo, hi, segment_lo, segment_hi, HAS_SEGMENTS: tl.constexpr):
+    """The range [lo, hi) of a kernel's loop, cut to its tile's examples in a packed call."""
+    if HAS_SEGMENTS:
+        lo = tl.maximum(lo, segment_lo)
+        hi = tl.minimum(hi, segment_hi)
+    return lo, hi
 
 
 @triton.jit
@@ -481,28 +491,20 @@ def _forward_kernel(
     bias_after = 0.0
     if BIAS_KIND == 1:
         bias_before, bias_after = _far_biases(BIAS_TILES, head, num_bias_tiles, BLOCK_M, BLOCK_N)
-    # The ranges in turn; the even ones are fast (whole tiles, one far bias value), and without a causal mask the
-    # second is in bounds too (see _key_ranges).
-    query_segments = 0
+    query_segments, segment_lo, segment_hi = 0, 0, 0
     key_segments_row = KEY_SEGMENTS
     if HAS_SEGMENTS:
         key_segments_row = KEY_SEGMENTS + batch * stride_key_segments_b
         query_segments, segment_lo, segment_hi = _segment_range(
-            QUERY_SEGMENTS + batch * stride_query_segments_b,
-            KEY_SEGMENT_STARTS + batch * stride_starts_b,
-            offs_m,
-            seq_m,
-        )
-        # The ranges are tiled from 0: start at the tile holding the first key of the queries' examples.
-        segment_lo = segment_lo // BLOCK_N * BLOCK_N
+            QUERY_SEGMENTS + batch * stride_query_segments_b, KEY_SEGMENT_STARTS + batch * stride_starts_b, offs_m,
+            seq_m, BLOCK_N,
+        )  # fmt: skip
+    # The ranges in turn; the even ones are fast (whole tiles, one far bias value), and without a causal mask the
+    # second is in bounds too (see _key_ranges).
     bounds = (0, fast_before, general_end, fast_after, end)
     far_biases = (bias_before, 0.0, bias_after, 0.0)
     for segment in tl.static_range(4):
-        lo = bounds[segment]
-        hi = bounds[segment + 1]
-        if HAS_SEGMENTS:
-            lo = tl.maximum(lo, segment_lo)
-            hi = tl.minimum(hi, segment_hi)
+        lo, hi = _within_segments(bounds[segment], bounds[segment + 1], segment_lo, segment_hi, HAS_SEGMENTS)
         acc, l_i, m_i = _forward_range(
             acc, l_i, m_i, q, k_base, v_base, lo, hi, far_biases[segment], offs_m,
             offs_d, offs_n_block, start_m, batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale,
@@ -844,26 +846,23 @@ def _backward_kv_kernel(
     lo, fast_after_end, general_end, fast_before_end = _query_ranges(
         start_n, seq_m, seq_n, query_offset, max_distance, BLOCK_M, BLOCK_N, BIAS_KIND, CAUSAL
     )
-    # The ranges in turn; the even ones are fast (whole tiles, one far bias value), the first far after the keys.
-    # Without a causal mask the near range (the second) ends at the last whole query tile, and a ragged key block has
-    # only the last range: it lies inside both sequences.
-    key_segments = 0
+    key_segments, segment_lo, segment_hi = 0, 0, 0
     query_segments_row = QUERY_SEGMENTS
     if HAS_SEGMENTS:
         query_segments_row = QUERY_SEGMENTS + batch * stride_query_segments_b
         key_segments, segment_lo, segment_hi = _segment_range(
-            KEY_SEGMENTS + batch * stride_key_segments_b, QUERY_SEGMENT_STARTS + batch * stride_starts_b, offs_n, seq_n
-        )
-        # The ranges are tiled from 0: start at the tile holding the first query of the keys' examples.
-        segment_lo = segment_lo // BLOCK_M * BLOCK_M
+            KEY_SEGMENTS + batch * stride_key_segments_b, QUERY_SEGMENT_STARTS + batch * stride_starts_b, offs_n,
+            seq_n, BLOCK_M,
+        )  # fmt: skip
+    # The ranges in turn; the even ones are fast (whole tiles, one far bias value), the first far after the keys.
+    # Without a causal mask the near range (the second) ends at the last whole query tile, and a ragged key block has
+    # only the last range: it lies inside both sequences.
     bounds = (lo, fast_after_end, general_end, fast_before_end, seq_m)
     far_biases = (bias_after, 0.0, bias_before, 0.0)
     for segment in tl.static_range(4):
-        range_lo = bounds[segment]
-        range_hi = bounds[segment + 1]
-        if HAS_SEGMENTS:
-            range_lo = tl.maximum(range_lo, segment_lo)
-            range_hi = tl.minimum(range_hi, segment_hi)
+        range_lo, range_hi = _within_segments(
+            bounds[segment], bounds[segment + 1], segment_lo, segment_hi, HAS_SEGMENTS
+        )
         dk, dv, far_before, far_after = _backward_kv_range(
             dk, dv, far_before, far_after, k, v, q_base, do_base, range_lo, range_hi,
             far_biases[segment], offs_n, offs_d, offs_m_block, start_n, batch, head, batch_head, num_heads, seq_m,
@@ -1037,27 +1036,20 @@ def _backward_q_kernel(
     fast_before, general_end, fast_after, end = _key_ranges(
         start_m, seq_n, query_offset, max_distance, BLOCK_M, BLOCK_N, BIAS_KIND, CAUSAL
     )
-    # The ranges in turn; the even ones are fast (whole tiles, one far bias value), and without a causal mask the
-    # second is in bounds too (see _key_ranges).
-    query_segments = 0
+    query_segments, segment_lo, segment_hi = 0, 0, 0
     key_segments_row = KEY_SEGMENTS
     if HAS_SEGMENTS:
         key_segments_row = KEY_SEGMENTS + batch * stride_key_segments_b
         query_segments, segment_lo, segment_hi = _segment_range(
-            QUERY_SEGMENTS + batch * stride_query_segments_b,
-            KEY_SEGMENT_STARTS + batch * stride_starts_b,
-            offs_m,
-            seq_m,
-        )
-        segment_lo = segment_lo // BLOCK_N * BLOCK_N
+            QUERY_SEGMENTS + batch * stride_query_segments_b, KEY_SEGMENT_STARTS + batch * stride_starts_b, offs_m,
+            seq_m, BLOCK_N,
+        )  # fmt: skip
+    # The ranges in turn; the even ones are fast (whole tiles, one far bias value), and without a causal mask the
+    # second is in bounds too (see _key_ranges).
     bounds = (0, fast_before, general_end, fast_after, end)
     far_biases = (bias_before, 0.0, bias_after, 0.0)
     for segment in tl.static_range(4):
-        lo = bounds[segment]
-        hi = bounds[segment + 1]
-        if HAS_SEGMENTS:
-            lo = tl.maximum(lo, segment_lo)
-            hi = tl.minimum(hi, segment_hi)
+        lo, hi = _within_segments(bounds[segment], bounds[segment + 1], segment_lo, segment_hi, HAS_SEGMENTS)
         dq = _backward_q_range(
             dq, q, do, lse, delta, k_base, v_base, lo, hi, far_biases[segment], offs_m,
             offs_d, offs_n_block, start_m, batch, head, num_heads, seq_m, seq_n, stride_kn, stride_vn, qk_scale,
