@@ -62,6 +62,16 @@ def t5_dense_bias(table, seq_m, seq_n, offset, bidirectional, num_buckets, max_d
     return table[buckets].permute(2, 0, 1).unsqueeze(0)
 
 
+def t5_bias_kwargs(table, num_buckets, max_distance, **others):
+    """`fat5_attention`'s keyword arguments of a T5 bucket table, with any others."""
+    return {
+        "relative_attention_bias": table,
+        "relative_attention_num_buckets": num_buckets,
+        "relative_attention_max_distance": max_distance,
+        **others,
+    }
+
+
 def inputs(batch, heads, seq_m, seq_n, head_dim, dtype, seed=0):
     generator = torch.Generator().manual_seed(seed)
     shapes = [(batch, seq_m, heads, head_dim), (batch, seq_n, heads, head_dim), (batch, seq_n, heads, head_dim)]
@@ -144,14 +154,9 @@ def test_t5_relative_bias(poison, kv_layout, seq_m, seq_n, bidirectional, length
     table = torch.randn(num_buckets, heads, device=DEVICE).requires_grad_()
     mask = padding_mask(2, seq_n, lengths) if lengths else None
     causal, offset = not bidirectional, seq_n - seq_m
-    kernel_kwargs = {
-        "relative_attention_bias": table,
-        "relative_attention_num_buckets": num_buckets,
-        "relative_attention_max_distance": max_distance,
-        "bidirectional": bidirectional,
-        "is_causal": causal,
-        "query_offset": offset,
-    }
+    kernel_kwargs = t5_bias_kwargs(
+        table, num_buckets, max_distance, bidirectional=bidirectional, is_causal=causal, query_offset=offset
+    )
 
     def reference_bias(table64):
         return t5_dense_bias(table64, seq_m, seq_n, offset, bidirectional, num_buckets, max_distance)
@@ -266,12 +271,7 @@ def test_half_precision_within_sdpa_error(poison, dtype):
     q, k, v = inputs(2, heads, seq, seq, 32, dtype, seed=5)
     # Trained T5 tables reach magnitudes of ten and more: the kernel's fp16 bias tiles must hold them.
     table = torch.randn(num_buckets, heads, generator=torch.Generator().manual_seed(7)).to(DEVICE) * 8
-    kernel_kwargs = {
-        "relative_attention_bias": table,
-        "relative_attention_num_buckets": num_buckets,
-        "relative_attention_max_distance": max_distance,
-    }
-    out, _ = A.fat5_attention(Module(), q, k, v, None, scaling=1.0, **kernel_kwargs)
+    out, _ = A.fat5_attention(Module(), q, k, v, None, scaling=1.0, **t5_bias_kwargs(table, num_buckets, max_distance))
     bias = t5_dense_bias(table.double(), seq, seq, 0, True, num_buckets, max_distance)
     expected = reference_attention(q, k, v, 1.0, bias=bias)
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)
@@ -284,13 +284,7 @@ def test_decode_step_takes_sdpa_with_the_same_result():
     num_buckets, max_distance = 8, 12
     q, k, v = inputs(1, 2, 3, 30, 16, torch.float32, seed=6)
     table = torch.randn(num_buckets, 2, device=DEVICE)
-    kwargs = {
-        "relative_attention_bias": table,
-        "relative_attention_num_buckets": num_buckets,
-        "relative_attention_max_distance": max_distance,
-        "bidirectional": False,
-        "is_causal": True,
-    }
+    kwargs = t5_bias_kwargs(table, num_buckets, max_distance, bidirectional=False, is_causal=True)
     assert A.kernel_refusal(q, k, v, None, 0.0) is None  # gradients enabled: the kernel
     with torch.no_grad():
         assert A.kernel_refusal(q, k, v, None, 0.0) == "a decode step"
@@ -419,15 +413,10 @@ def test_dropout_t5_gradients_replay_the_forward_mask(
     table = torch.randn(num_buckets, heads, device=DEVICE).requires_grad_()
     mask = padding_mask(2, seq_n, lengths) if lengths else None
     causal, offset = not bidirectional, seq_n - seq_m
-    kernel_kwargs = {
-        "relative_attention_bias": table,
-        "relative_attention_num_buckets": num_buckets,
-        "relative_attention_max_distance": max_distance,
-        "bidirectional": bidirectional,
-        "is_causal": causal,
-        "query_offset": offset,
-        "dropout": dropout,
-    }
+    kernel_kwargs = t5_bias_kwargs(
+        table, num_buckets, max_distance, bidirectional=bidirectional, is_causal=causal, query_offset=offset,
+        dropout=dropout,
+    )  # fmt: skip
     keep = kernel_keep_mask(fixed_dropout_seed, 2, heads, seq_m, seq_n, dropout)
     reference_kwargs = {"causal": causal, "offset": offset, "dropout_keep": keep, "dropout": dropout}
 
@@ -533,12 +522,7 @@ def test_packed_rows_attend_within_their_example(poison, kv_layout, query_length
     if bias_kind == "t5":
         num_buckets, max_distance = 8, 12
         bias_leaf = torch.randn(num_buckets, heads, device=DEVICE).requires_grad_()
-        kernel_kwargs.update(
-            relative_attention_bias=bias_leaf,
-            relative_attention_num_buckets=num_buckets,
-            relative_attention_max_distance=max_distance,
-            bidirectional=not causal,
-        )
+        kernel_kwargs.update(t5_bias_kwargs(bias_leaf, num_buckets, max_distance, bidirectional=not causal))
 
         def reference_bias(table64):
             return t5_dense_bias(table64, seq_m, seq_n, 0, not causal, num_buckets, max_distance)
@@ -559,11 +543,7 @@ def test_packed_rows_equal_their_examples_one_by_one(poison):
     lengths, heads, num_buckets, max_distance = [20, 33, 9], 2, 8, 12
     q, k, v = inputs(1, heads, 64, 64, 16, torch.float32, seed=12)
     table = torch.randn(num_buckets, heads, device=DEVICE).requires_grad_()
-    bias_kwargs = {
-        "relative_attention_bias": table,
-        "relative_attention_num_buckets": num_buckets,
-        "relative_attention_max_distance": max_distance,
-    }
+    bias_kwargs = t5_bias_kwargs(table, num_buckets, max_distance)
     segments = packed_segments([lengths], 64)
     packed, _ = A.fat5_attention(
         Module(), q, k, v, None, scaling=1.0, query_segment_ids=segments, key_segment_ids=segments, **bias_kwargs
