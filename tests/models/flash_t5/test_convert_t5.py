@@ -43,8 +43,9 @@ VOCAB = 99
 NUM_DEC = 3  # unequal depths: the decoder cache must be sized by num_decoder_layers
 
 
-def tiny_t5_config(version, num_decoder_layers=NUM_DEC):
-    common = {
+def tiny_shape(num_decoder_layers):
+    """The sizes of the tiny T5 and mT5 models."""
+    return {
         "vocab_size": VOCAB,
         "d_model": 32,
         "d_kv": 8,
@@ -53,10 +54,25 @@ def tiny_t5_config(version, num_decoder_layers=NUM_DEC):
         "num_decoder_layers": num_decoder_layers,
         "num_heads": 4,
         "relative_attention_num_buckets": 8,
-        "relative_attention_max_distance": 20,
         "dropout_rate": 0.0,
         "decoder_start_token_id": 0,
     }
+
+
+def with_separate_head_and_perturbed_norms(model, separate_lm_head):
+    """`model`, its LM head made a matrix of its own if asked (as T5 v1.1's and Google's mT5's), and its norms moved
+    off 1 so that a misplaced one shows."""
+    if separate_lm_head:
+        model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * 0.05)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("layer_norm.weight"):
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def tiny_t5_config(version, num_decoder_layers=NUM_DEC):
+    common = {**tiny_shape(num_decoder_layers), "relative_attention_max_distance": 20}
     if version == "v1.0":  # ReLU, tied embeddings, decoder output scaled by d_model ** -0.5
         return T5Config(**common, feed_forward_proj="relu", tie_word_embeddings=True)
     return T5Config(**common, feed_forward_proj="gated-gelu", tie_word_embeddings=False)  # v1.1 / FLAN-T5
@@ -65,14 +81,9 @@ def tiny_t5_config(version, num_decoder_layers=NUM_DEC):
 def tiny_t5(version, seed=0, num_decoder_layers=NUM_DEC):
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(tiny_t5_config(version, num_decoder_layers)).eval()
-    if version == "v1.1" and model.lm_head.weight is model.shared.weight:
-        # T5 v1.1 has a separate output matrix; give it one whatever the tying rules of the installed transformers
-        model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * 0.05)
-    with torch.no_grad():  # move norms off 1 so that a misplaced one shows
-        for name, param in model.named_parameters():
-            if name.endswith("layer_norm.weight"):
-                param.add_(0.1 * torch.randn_like(param))
-    return model
+    # T5 v1.1 has a separate output matrix; give it one whatever the tying rules of the installed transformers
+    separate_lm_head = version == "v1.1" and model.lm_head.weight is model.shared.weight
+    return with_separate_head_and_perturbed_norms(model, separate_lm_head)
 
 
 def inputs(seed=1, batch=3, enc_len=30, dec_len=7):
@@ -204,30 +215,14 @@ def test_non_t5_is_refused(tmp_path):
 
 
 def tiny_mt5_config(num_decoder_layers=NUM_DEC):
-    return MT5Config(
-        vocab_size=VOCAB,
-        d_model=32,
-        d_kv=8,
-        d_ff=48,
-        num_layers=2,
-        num_decoder_layers=num_decoder_layers,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        dropout_rate=0.0,
-        feed_forward_proj="gated-gelu",
-    )
+    return MT5Config(**tiny_shape(num_decoder_layers), feed_forward_proj="gated-gelu")
 
 
 def tiny_mt5(separate_lm_head, seed=0, num_decoder_layers=NUM_DEC):
     torch.manual_seed(seed)
     model = MT5ForConditionalGeneration(tiny_mt5_config(num_decoder_layers)).eval()
-    if separate_lm_head:  # as Google's checkpoints (transformers 5.x ties a model it builds itself)
-        model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight) * 0.05)
-    with torch.no_grad():  # move norms off 1 so that a misplaced one shows
-        for name, param in model.named_parameters():
-            if name.endswith("layer_norm.weight"):
-                param.add_(0.1 * torch.randn_like(param))
-    return model
+    # A separate head as Google's checkpoints have (transformers 5.x ties a model it builds itself).
+    return with_separate_head_and_perturbed_norms(model, separate_lm_head)
 
 
 def write_google_mt5_folder(folder, num_decoder_layers=NUM_DEC):
