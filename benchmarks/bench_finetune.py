@@ -29,6 +29,7 @@ import tempfile
 import time
 
 import torch
+from bench_training import T5_V1_1_BASE_SHAPE
 from transformers import (
     MT5Config,
     MT5ForConditionalGeneration,
@@ -44,16 +45,7 @@ from fat5 import FlashT5Config, FlashT5ForConditionalGeneration, FlashT5ForQuest
 
 
 BATCH_SIZE = 32
-QA_SHAPE = {
-    "vocab_size": 32128,
-    "d_model": 768,
-    "d_kv": 64,
-    "d_ff": 2048,
-    "num_layers": 12,
-    "num_heads": 12,
-    "feed_forward_proj": "gated-gelu",
-    "tie_word_embeddings": False,
-}
+QA_SHAPE = dict(T5_V1_1_BASE_SHAPE)
 MT5_SMALL_SHAPE = {
     "vocab_size": 250112,
     "d_model": 512,

@@ -29,21 +29,21 @@ from fat5.models.flash_t5.convert_t5_to_flash_t5 import convert_t5_model, flash_
 TOKENS_PER_STEP = 16384
 
 
+# T5 v1.1-base: the shape the training benchmarks (this one and bench_finetune.py's QA job) measure.
+T5_V1_1_BASE_SHAPE = {
+    "vocab_size": 32128,
+    "d_model": 768,
+    "d_kv": 64,
+    "d_ff": 2048,
+    "num_layers": 12,
+    "num_heads": 12,
+    "feed_forward_proj": "gated-gelu",
+    "tie_word_embeddings": False,
+}
+
+
 def base_config(**overrides):
-    settings = {
-        "vocab_size": 32128,
-        "d_model": 768,
-        "d_kv": 64,
-        "d_ff": 2048,
-        "num_layers": 12,
-        "num_heads": 12,
-        "feed_forward_proj": "gated-gelu",
-        "tie_word_embeddings": False,
-        "dropout_rate": 0.0,
-        "decoder_start_token_id": 0,
-    }
-    settings.update(overrides)
-    return T5Config(**settings)
+    return T5Config(**{**T5_V1_1_BASE_SHAPE, "dropout_rate": 0.0, "decoder_start_token_id": 0, **overrides})
 
 
 def build_upstream():
