@@ -196,7 +196,8 @@ def run_variant(job: str, variant: str, args) -> dict:
         "attn_implementation": model.config._attn_implementation,
         "samples_per_second": callback.timed_steps * BATCH_SIZE / callback.elapsed,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if args.device == "cuda" else 0.0,
-        "final_loss": sum(losses[-2:]) / len(losses[-2:]),
+        # None when the run was shorter than the logging interval: its speed still counts.
+        "final_loss": sum(losses[-2:]) / len(losses[-2:]) if losses else None,
         "losses": losses,
         "steps": steps,
         "warmup_steps": args.warmup_steps,
@@ -279,7 +280,8 @@ def main():
             ratio = f"{row['samples_per_second'] / base:.2f}x" if base else "-"
             print(
                 f"{job:8s} {variant:18s} {row['samples_per_second']:8.1f} samples/s {ratio:>7s} "
-                f"{row['peak_memory_gb']:6.1f} GB  loss {row['final_loss']:.3f}"
+                f"{row['peak_memory_gb']:6.1f} GB  loss "
+                + ("-" if row["final_loss"] is None else f"{row['final_loss']:.3f}")
             )
 
 
