@@ -1634,16 +1634,18 @@ def fat5_attention(
         tiles = relative_bias_tiles(bias, max_distance, offset, configs, query.dtype)
     segments = (None, None, None, None)
     if query_segment_ids is not None:
+        self_attention = key_segment_ids is query_segment_ids
         query_segment_ids = query_segment_ids.to(torch.int32).contiguous()
-        key_segment_ids = key_segment_ids.to(torch.int32).contiguous()
         # Ids index the starts arrays: a row of n tokens has at most n examples.
         max_segments = max(seq_m, seq_n)
-        segments = (
-            query_segment_ids,
-            key_segment_ids,
-            segment_starts(query_segment_ids, max_segments),
-            segment_starts(key_segment_ids, max_segments),
-        )
+        query_starts = segment_starts(query_segment_ids, max_segments)
+        # Self-attention's queries and keys are one sequence: its ids and starts serve both.
+        if self_attention:
+            key_segment_ids, key_starts = query_segment_ids, query_starts
+        else:
+            key_segment_ids = key_segment_ids.to(torch.int32).contiguous()
+            key_starts = segment_starts(key_segment_ids, max_segments)
+        segments = (query_segment_ids, key_segment_ids, query_starts, key_starts)
     dropout = float(dropout)
     out, _ = attention_forward_op(
         query, key, value, key_mask, bias, *tiles, bias_kind, scale, causal, alibi_asymmetric, max_distance, offset,
