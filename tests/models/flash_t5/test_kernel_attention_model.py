@@ -247,9 +247,11 @@ def test_every_head_compiles_with_inductor_on_padded_batches(head_name):
     for (name, _), got, want in zip(model.named_parameters(), grads, expected_grads):
         if want is not None:
             # Relative to the gradient's norm: Inductor sums the embedding gradient in another order, and its
-            # elements that cancel out (the padding token's) differ by more than elementwise tolerances allow.
-            error = ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
-            assert error < 1e-4, f"{name}: relative error {error:.2e}"
+            # elements that cancel out (the padding token's) differ by more than elementwise tolerances allow. The
+            # floor is for gradients that are zero in exact arithmetic, rounding alone: the QA head's bias (the
+            # softmax's gradient sums to zero over the positions).
+            error = (got - want).norm().item()
+            assert error <= 1e-4 * want.norm().item() + 1e-6, f"{name}: error {error:.2e}, norm {want.norm():.2e}"
     shorter = {
         key: value[:, :30].contiguous() if value.dim() == 2 and value.shape[1] == 37 else value
         for key, value in inputs.items()
