@@ -27,6 +27,7 @@ def sources():
     return {
         "config_source": check_repo.CONFIG_FILE.read_text(encoding="utf-8"),
         "modeling_source": check_repo.MODELING_FILE.read_text(encoding="utf-8"),
+        "modular_source": check_repo.MODULAR_FILE.read_text(encoding="utf-8"),
         "doc_text": check_repo.DOC_FILE.read_text(encoding="utf-8"),
         "test_source": check_repo.TEST_FILE.read_text(encoding="utf-8"),
         "registrations": check_repo.installed_registrations(),
@@ -118,3 +119,13 @@ class DemoConfig:
     modeling = "x = config.d_model\ny = self.config.is_gated_act\n"
     errors = check_repo.check_config_attributes(config, modeling, "modeling.py")
     assert [e.split(" ")[0] for e in errors] == ["DemoConfig.dropout"]
+
+
+def test_modeling_file_not_regenerated_from_the_modular_one_is_reported(sources):
+    modular = sources["modular_source"] + "\n\nclass FlashT5NewLayer(FlashT5LayerFF):\n    pass\n"
+    errors = check_repo.run_checks(**{**sources, "modular_source": modular})
+    assert len(errors) == 1 and errors[0].startswith("FlashT5NewLayer is defined in src/fat5/models/flash_t5/modular")
+    hand_written = sources["modeling_source"].replace("automatically generated from", "written from")
+    errors = check_repo.run_checks(**{**sources, "modeling_source": hand_written})
+    assert errors == ["src/fat5/models/flash_t5/modeling_flash_t5.py does not say it is generated from "
+                      "src/fat5/models/flash_t5/modular_flash_t5.py"]  # fmt: skip

@@ -99,6 +99,10 @@ def test_export_writes_the_model_and_its_registrations(exported_tree):
     assert "from ...modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel" in modeling
     assert "from ... import initialization as init" in modeling
     assert "from transformers" not in modeling.split('"""')[0]
+    # Generated from the exported modular file, which imports T5 as in-tree modular files do.
+    assert "generated from src/transformers/models/flash_t5/modular_flash_t5.py." in modeling
+    modular = (model_dir / "modular_flash_t5.py").read_text()
+    assert "from ..t5.modeling_t5 import (" in modular and "from ... import initialization as init" in modular
 
     modeling_auto = (package / "models" / "auto" / "modeling_auto.py").read_text()
     for class_name in exporter.MODELING_AUTO_ENTRIES.values():

@@ -10,6 +10,9 @@ Every public class of the model folder (the `__all__` of `configuration_flash_t5
 3. documented with `[[autodoc]] <Class>` in `docs/source/en/model_doc/flash_t5.md`;
 4. covered by an `all_model_classes` of `tests/models/flash_t5/test_modeling_flash_t5.py` (model classes).
 
+The modeling file must say it is generated from `modular_flash_t5.py` and define every class and function that file
+defines (`utils/modular_flash_t5.py` regenerates it, given a transformers checkout).
+
 And every attribute of `FlashT5Config` (its annotated fields) must be read as `config.<attr>` in the modeling file,
 directly, through an `attribute_map` alias or through a config property that reads it; or be one that transformers
 itself reads (generation and loading flags, see `ATTRIBUTES_USED_BY_TRANSFORMERS`); or be documented as legacy (its
@@ -28,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO_ROOT / "src" / "fat5" / "models" / "flash_t5"
 CONFIG_FILE = MODEL_DIR / "configuration_flash_t5.py"
 MODELING_FILE = MODEL_DIR / "modeling_flash_t5.py"
+MODULAR_FILE = MODEL_DIR / "modular_flash_t5.py"
 DOC_FILE = REPO_ROOT / "docs" / "source" / "en" / "model_doc" / "flash_t5.md"
 TEST_FILE = REPO_ROOT / "tests" / "models" / "flash_t5" / "test_modeling_flash_t5.py"
 MODEL_TYPE = "flash_t5"
@@ -214,9 +218,33 @@ def installed_registrations() -> tuple[list[str], set[str], set[str]]:
     return list(fat5.__all__), {cls.__name__ for cls in fat5.AUTO_CLASSES.values()}, config_names
 
 
+def top_level_definitions(source: str) -> set[str]:
+    return {
+        node.name
+        for node in ast.parse(source).body
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+    }
+
+
+def check_generated(modular_source: str, modeling_source: str) -> list[str]:
+    """The modeling file comes from the modular one (`utils/modular_flash_t5.py` regenerates it, where a transformers
+    checkout is at hand): its header says so, and it defines every class and function the modular file defines, a
+    sign that it was regenerated since they were added."""
+    errors = []
+    if f"generated from {_rel(MODULAR_FILE)}" not in modeling_source.split("\n\n", 1)[0]:
+        errors.append(f"{_rel(MODELING_FILE)} does not say it is generated from {_rel(MODULAR_FILE)}")
+    missing = sorted(top_level_definitions(modular_source) - top_level_definitions(modeling_source))
+    errors += [
+        f"{name} is defined in {_rel(MODULAR_FILE)} but not in {_rel(MODELING_FILE)}: run utils/modular_flash_t5.py"
+        for name in missing
+    ]
+    return errors
+
+
 def run_checks(
     config_source: str | None = None,
     modeling_source: str | None = None,
+    modular_source: str | None = None,
     doc_text: str | None = None,
     test_source: str | None = None,
     registrations: tuple[list[str], set[str], set[str]] | None = None,
@@ -224,6 +252,7 @@ def run_checks(
     """All violations (empty when the repository is consistent). Arguments replace the repository's files."""
     config_source = config_source if config_source is not None else CONFIG_FILE.read_text(encoding="utf-8")
     modeling_source = modeling_source if modeling_source is not None else MODELING_FILE.read_text(encoding="utf-8")
+    modular_source = modular_source if modular_source is not None else MODULAR_FILE.read_text(encoding="utf-8")
     doc_text = doc_text if doc_text is not None else DOC_FILE.read_text(encoding="utf-8")
     test_source = test_source if test_source is not None else TEST_FILE.read_text(encoding="utf-8")
     package_all, auto_registered, config_registered = registrations or installed_registrations()
@@ -236,6 +265,7 @@ def run_checks(
         + check_documented(public, doc_text)
         + check_tested(public, test_source)
         + check_config_attributes(config_source, modeling_source)
+        + check_generated(modular_source, modeling_source)
     )
 
 

@@ -43,6 +43,7 @@ MIN_VERSION, MAX_VERSION = (5, 17), (6,)  # >=5.17,<6
 # Model files exported, in this order; anything else in the folder (kernels/, format notes) stays in fat5.
 MODEL_FILES = (
     "configuration_flash_t5.py",
+    "modular_flash_t5.py",
     "modeling_flash_t5.py",
     "checkpoint_conversion.py",
     "convert_t5_to_flash_t5.py",
@@ -189,6 +190,21 @@ def _replace_import_prefix(text: str, node: ast.ImportFrom, new_module: str) -> 
     return "".join(lines)
 
 
+def _import_as_relative_from(text: str, node: ast.Import, filename: str) -> str:
+    """`import transformers.a.b as c` (the form modular files take in the plugin: transformers' converter refuses
+    `from transformers import b`) becomes in-tree `from ...a import b as c`."""
+    names = [alias for alias in node.names if alias.name.split(".")[0] == "transformers"]
+    if not names:
+        return text
+    if len(node.names) != 1 or names[0].asname is None or "." not in names[0].name:
+        raise ExportError(f"{filename}:{node.lineno}: only `import transformers.<module> as <name>` can be rewritten")
+    package, _, module = names[0].name[len("transformers.") :].rpartition(".")
+    lines = text.splitlines(keepends=True)
+    indent = lines[node.lineno - 1][: node.col_offset]
+    lines[node.lineno - 1] = f"{indent}from ...{package} import {module} as {names[0].asname}\n"
+    return "".join(lines)
+
+
 def _rewrite_docstring_examples(text: str) -> str:
     """`import fat5` lines go (the model is part of transformers), `from fat5 import` comes from transformers."""
     text = re.sub(r"^[ \t]*(?:>>> )?import fat5\b[^\n]*\n", "", text, flags=re.MULTILINE)
@@ -253,7 +269,8 @@ def rewrite_model_file(text: str, filename: str) -> str:
             if any(isinstance(n, ast.Name) and n.id in hook_names for n in ast.walk(node.test)):
                 spans.append(_node_span(node, lines, with_comments=True))
     # 2. Helper modules keep no `__all__`: in-tree, `__all__` puts names in the top-level `transformers` namespace.
-    if not filename.startswith(("configuration_", "modeling_")):
+    # The modular file keeps it: the converter takes the modeling file's `__all__` from it.
+    if not filename.startswith(("configuration_", "modular_", "modeling_")):
         for node in tree.body:
             if isinstance(node, ast.Assign) and any(
                 isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
@@ -271,21 +288,29 @@ def rewrite_model_file(text: str, filename: str) -> str:
         (n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))), key=lambda n: -n.lineno
     ):
         if isinstance(node, ast.Import):
-            roots = ("fat5",) if is_script else ("transformers", "fat5")
-            bad = [a.name for a in node.names if a.name.split(".")[0] in roots]
+            if not is_script:
+                text = _import_as_relative_from(text, node, filename)
+            bad = [a.name for a in node.names if a.name.split(".")[0] == "fat5"]
             if bad:
                 raise ExportError(f"{filename}:{node.lineno}: `import {bad[0]}` has no in-tree relative form")
             continue
         if node.level:
             continue
         module = node.module or ""
-        if (module == "transformers" or module.startswith("transformers.")) and not is_script:
+        if module.startswith("transformers.models.") and not is_script:
+            # Another model's module, as in-tree modular files import it: `from ..t5.modeling_t5 import`.
+            text = _replace_import_prefix(text, node, ".." + module[len("transformers.models.") :])
+        elif (module == "transformers" or module.startswith("transformers.")) and not is_script:
             text = _replace_import_prefix(text, node, "..." + module[len("transformers.") :])
         elif module == "fat5.models.flash_t5" or module.startswith("fat5.models.flash_t5."):
             text = _replace_import_prefix(text, node, "." + module[len("fat5.models.flash_t5.") :])
         elif _is_fat5_module(module):
             raise ExportError(f"{filename}:{node.lineno}: `from {module} import` has no in-tree equivalent")
     text = _rewrite_docstring_examples(text)
+    # The generated modeling file names its modular source by its path in the tree.
+    text = text.replace(
+        f"generated from src/fat5/models/{MODEL_TYPE}/", f"generated from src/transformers/models/{MODEL_TYPE}/"
+    )
     for module in ("importlib.util", "importlib"):  # unused once the kernel hooks are gone
         if len(re.findall(r"\bimportlib\b", text)) == 1:
             text = re.sub(rf"^import {re.escape(module)}\n", "", text, flags=re.MULTILINE)
