@@ -6,6 +6,7 @@ model without `fat5`, and the exported `tests/models/flash_t5/test_modeling_flas
 in-tree model. Set FAT5_EXPORT_ALL_TESTS=1 to run every exported test module (slower).
 """
 
+import ast
 import datetime
 import importlib.util
 import json
@@ -101,6 +102,8 @@ def test_export_writes_the_model_and_its_registrations(exported_tree):
     assert "from transformers" not in modeling.split('"""')[0]
     # Generated from the exported modular file, which imports T5 as in-tree modular files do.
     assert "generated from src/transformers/models/flash_t5/modular_flash_t5.py." in modeling
+    # No version shim: the tree's outputs call the cache `cache` (transformers >= 5.2x), and so does the model.
+    assert "_CACHE_RENAMED" not in modeling and "cache=decoder_outputs.cache," in modeling
     modular = (model_dir / "modular_flash_t5.py").read_text()
     assert "from ..t5.modeling_t5 import (" in modular and "from ... import initialization as init" in modular
 
@@ -391,3 +394,17 @@ def test_check_upstream_ignores_traceback_frames_and_skips_tests_the_tree_cannot
     )
     assert not passed and line == "FAIL  pytest tests/models/flash_t5: FAILED tests/x.py::test_a"
     assert upstream.tests_line(upstream.CheckRun(0, "3 passed in 1s"), upstream.CheckRun(0, ""))[0]
+
+
+@pytest.mark.parametrize("cache_renamed", [True, False])
+def test_cache_shims_become_the_names_of_the_tree_version(cache_renamed):
+    """The plugin's modeling file works before and after transformers renamed `past_key_values` to `cache`; the
+    exported one uses the names of its tree's version."""
+    text = (exporter.MODEL_SRC / "modeling_flash_t5.py").read_text()
+    assert "_CACHE_OUTPUT_FIELD" in text  # what is resolved below
+    resolved = exporter.resolve_cache_shims(text, "modeling_flash_t5.py", cache_renamed)
+    field, removal = ("cache", "5.40.0") if cache_renamed else ("past_key_values", "5.0.0")
+    assert "_CACHE" not in resolved and "_PAST_KEY_VALUES" not in resolved and "renamed the cache" not in resolved
+    assert f"{field}=decoder_outputs.{field}," in resolved
+    assert f'@deprecate_kwarg("past_key_values", "{removal}", new_name="cache")' in resolved
+    ast.parse(resolved)

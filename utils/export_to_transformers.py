@@ -5,16 +5,16 @@
 
 TRANSFORMERS_SRC is a checkout (or an unpacked sdist) of transformers >=5.17,<6. The command writes:
 
-- `src/transformers/models/flash_t5/`: the configuration, the modeling file, the checkpoint-conversion helpers the
-  configuration reads, the T5 -> FAT5 conversion script and an in-tree lazy `__init__.py`. Imports of `transformers`
+- `src/transformers/models/flash_t5/`: the configuration, the modular file and the modeling file generated from it,
+  the checkpoint-conversion helpers the configuration reads, the T5 -> FAT5 conversion script and an in-tree lazy `__init__.py`. Imports of `transformers`
   become the relative imports in-tree code uses, and every `fat5` reference is removed or rewritten. The Triton
   `kernels/` folder is NOT exported: in-tree, the model runs eager / sdpa / flex_attention in pure PyTorch, and the
   kernels are meant to ship as a Hub kernel loaded through the `kernels` library (the command says so);
 - the auto mappings (`models/auto/auto_mappings.py` or `configuration_auto.py` for the config, `modeling_auto.py` for
   the heads, `tokenization_auto.py` for the T5 tokenizer), the model's line in `models/__init__.py` and the load-time
   renamings of reference FAT5 checkpoints in `conversion_mapping.py`;
-- `tests/models/flash_t5/`: FAT5's model tests with in-tree imports (kernel tests and kernel-only test functions are
-  left out), plus the reference-checkpoint fixtures they read (`tests/fixtures/reference_fat5/`);
+- `tests/models/flash_t5/`: FAT5's model tests with in-tree imports (kernel tests, kernel-only test functions and the
+  plugin's own tests, among them those of the reference checkpoints' recorded outputs, are left out);
 - `docs/source/en/model_doc/flash_t5.md` and its `_toctree.yml` entry, when the tree has a `docs/` folder.
 
 Running it twice gives the same tree. Also importable: `export(transformers_root) -> ExportResult`.
@@ -34,7 +34,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_SRC = REPO_ROOT / "src" / "fat5" / "models" / "flash_t5"
 TESTS_SRC = REPO_ROOT / "tests" / "models" / "flash_t5"
-FIXTURES_SRC = REPO_ROOT / "tests" / "fixtures" / "reference_fat5"
 DOC_SRC = REPO_ROOT / "docs" / "source" / "en" / "model_doc" / "flash_t5.md"
 
 MODEL_TYPE = "flash_t5"
@@ -253,8 +252,38 @@ def _kernel_hook_functions(tree: ast.Module) -> list[ast.FunctionDef]:
     return found
 
 
-def rewrite_model_file(text: str, filename: str) -> str:
-    """In-tree version of one file of the model folder."""
+def tree_renamed_cache(package: Path) -> bool:
+    """Whether the tree's model outputs call the cache `cache` (transformers renamed it from `past_key_values`)."""
+    outputs = (package / "modeling_outputs.py").read_text(encoding="utf-8")
+    seq2seq_output = re.search(r"^class Seq2SeqLMOutput\b.*?(?=^class )", outputs, re.M | re.S)
+    return seq2seq_output is not None and re.search(r"^    cache: ", seq2seq_output.group(0), re.M) is not None
+
+
+# The plugin's shims over the cache's rename (`_CACHE_RENAMED` and what derives from it), and their comment.
+CACHE_SHIM_LINES = re.compile(
+    r"^(?:# transformers renamed the cache argument.*\n(?:# .*\n)*)?_(?:CACHE_RENAMED|CACHE_OUTPUT_FIELD|"
+    r"PAST_KEY_VALUES_REMOVAL) = .*\n",
+    re.M,
+)
+
+
+def resolve_cache_shims(text: str, filename: str, cache_renamed: bool) -> str:
+    """The plugin supports transformers before and after the cache's rename; in-tree code targets one version: the
+    shims become the names of the tree's version."""
+    field = "cache" if cache_renamed else "past_key_values"
+    text = CACHE_SHIM_LINES.sub("", text)
+    text = text.replace("_PAST_KEY_VALUES_REMOVAL", '"5.40.0"' if cache_renamed else '"5.0.0"')
+    text = re.sub(r"\*\*\{_CACHE_OUTPUT_FIELD: getattr\((\w+), _CACHE_OUTPUT_FIELD\)\}", rf"{field}=\1.{field}", text)
+    text = re.sub(r"\*\*\{_CACHE_OUTPUT_FIELD: (\w+)\}", rf"{field}=\1", text)
+    leftover = re.findall(r"\b_(?:CACHE_RENAMED|CACHE_OUTPUT_FIELD|PAST_KEY_VALUES_REMOVAL)\b", text)
+    if leftover:
+        raise ExportError(f"{filename}: a cache-version shim the export cannot resolve is left: {leftover[0]}")
+    return text
+
+
+def rewrite_model_file(text: str, filename: str, cache_renamed: bool = True) -> str:
+    """In-tree version of one file of the model folder, for a tree whose outputs call the cache `cache` or not."""
+    text = resolve_cache_shims(text, filename, cache_renamed)
     tree = ast.parse(text)
     if _imports_kernels(tree):
         raise ExportError(f"{filename} imports the Triton kernels package; the in-tree model must not")
@@ -749,6 +778,10 @@ PLUGIN_TESTS = {
     "test_convert_t5.py": "tests the conversion command line of the plugin (`python -m fat5...`)",
     "test_packing.py": "tests the plugin's packing collator (`fat5.DataCollatorWithPacking`) with the kernels",
     "test_initialization_flash_t5.py": "tests the initialisation of every plugin head against upstream T5",
+    "test_checkpoint_compat.py": (
+        "checks the reference implementation's checkpoints against outputs it recorded, fixtures of this repository "
+        "(tests/fixtures/reference_fat5) that upstream would host on the Hub"
+    ),
 }
 
 
@@ -773,8 +806,10 @@ def export(transformers_root: Path) -> ExportResult:
     package = root / "src" / "transformers"
 
     # Everything is rewritten before anything is written: a file the export cannot handle leaves the tree untouched.
+    cache_renamed = tree_renamed_cache(package)
     model_files = {
-        name: rewrite_model_file((MODEL_SRC / name).read_text(encoding="utf-8"), name) for name in MODEL_FILES
+        name: rewrite_model_file((MODEL_SRC / name).read_text(encoding="utf-8"), name, cache_renamed)
+        for name in MODEL_FILES
     }
     lazy_modules = [name[:-3] for name in MODEL_FILES if name.startswith(("configuration_", "modeling_"))]
     model_files["__init__.py"] = model_init(lazy_modules)
@@ -803,17 +838,6 @@ def export(transformers_root: Path) -> ExportResult:
     _write(tests_dir / "__init__.py", "", result)
     for name, content in test_files.items():
         _write(tests_dir / name, content, result)
-    uses_fixtures = any(FIXTURES_SRC.name in content for content in test_files.values())
-    if uses_fixtures and FIXTURES_SRC.is_dir():
-        fixtures_dir = root / "tests" / "fixtures" / FIXTURES_SRC.name
-        shutil.rmtree(fixtures_dir, ignore_errors=True)
-        for path in sorted(FIXTURES_SRC.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                _write(fixtures_dir / path.relative_to(FIXTURES_SRC), path.read_bytes(), result)
-        result.notes.append(
-            f"tests/fixtures/{FIXTURES_SRC.name}/ ({sum(1 for p in FIXTURES_SRC.rglob('*') if p.is_file())} files) "
-            "holds the reference checkpoints test_checkpoint_compat.py reads; upstream would host them on the Hub"
-        )
 
     register_in_auto_mappings(package, result)
     register_in_models_init(package, result)
@@ -840,12 +864,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"Exported FAT5 into transformers {result.version} at {result.root}")
-    fixtures = [p for p in result.written if FIXTURES_SRC.name in p.parts]
     for path in result.written:
-        if path not in fixtures:
-            print(f"  wrote  {path.relative_to(result.root)}")
-    if fixtures:
-        print(f"  wrote  tests/fixtures/{FIXTURES_SRC.name}/ ({len(fixtures)} files)")
+        print(f"  wrote  {path.relative_to(result.root)}")
     for path in result.edited:
         print(f"  edited {path.relative_to(result.root)}")
     if not result.edited:

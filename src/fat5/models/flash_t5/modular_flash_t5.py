@@ -1201,8 +1201,9 @@ class FlashT5EncoderModel(FlashT5PreTrainedModel):
 @auto_docstring(
     custom_intro="""
     FAT5 encoder with a sequence classification or regression head on the hidden state of each sequence's last
-    end-of-sequence token (given `inputs_embeds` only, its last token that is not padding). It has no decoder: half
-    the parameters of T5's encoder-decoder head.
+    end-of-sequence token (given `inputs_embeds` only, its last token that is not padding). Unlike
+    `T5ForSequenceClassification`, which runs the decoder too, it has no decoder: half the parameters, and
+    checkpoints of either layout load into it (a decoder's weights are ignored).
     """
 )
 class FlashT5ForSequenceClassification(FlashT5EncoderModel):
@@ -1365,7 +1366,8 @@ class FlashT5ForTokenClassification(FlashT5EncoderModel):
 @auto_docstring(
     custom_intro="""
     FAT5 encoder with a span classification head for extractive question answering (a linear layer on the hidden
-    states computing span start and end logits).
+    states computing span start and end logits). Unlike `T5ForQuestionAnswering`, which runs the decoder too, it has
+    no decoder: half the parameters, and checkpoints of either layout load into it (a decoder's weights are ignored).
     """
 )
 class FlashT5ForQuestionAnswering(FlashT5EncoderModel):
