@@ -13,8 +13,9 @@ random tokens of realistic lengths (the device has no network; throughput and me
 Variants: upstream eager with rows padded to the longest in the batch (a multiple of 64); upstream with
 `torch_compile=True` and every row padded to the job's maximum (the best an upstream user can do: one shape, one
 compilation); FAT5 padded to the longest (`fat5` attention on the GPU), and with `_packed` (the README's recipe:
-`fat5.DataCollatorWithPacking` rows of PACKED_ROWS tokens), `_compiled` (`torch_compile=True`), `_kernelized`
-(`fat5.kernelize`: the LM head fused into the loss). Each variant reports samples (examples)/s over the steps after
+`fat5.DataCollatorWithPacking` rows of PACKED_ROWS tokens), `_compiled` (`torch_compile=True`), `_cudagraphs`
+(compiled with `torch_compile_mode="reduce-overhead"`: each step's kernels replayed from CUDA graphs, upstream with
+the fixed padding of its compiled run), `_kernelized` (`fat5.kernelize`: the LM head fused into the loss). Each variant reports samples (examples)/s over the steps after
 `--warmup-steps` (synchronised wall time, data loading included), peak GPU memory, and the mean training loss of its
 last logged steps. `--smoke` runs tiny shapes on the CPU (with TRITON_INTERPRET=1 for the kernels): a check of the
 script, not a measurement.
@@ -148,7 +149,8 @@ def build_model(job: str, upstream: bool, dropout: float, device: str):
 def run_variant(job: str, variant: str, args) -> dict:
     upstream, *options = variant.split("_")
     upstream = upstream == "upstream"
-    compiled = "compiled" in options
+    cuda_graphs = "cudagraphs" in options
+    compiled = "compiled" in options or cuda_graphs
     model = build_model(job, upstream, args.dropout, args.device)
     if "kernelized" in options:
         fat5.kernelize(model)
@@ -171,6 +173,8 @@ def run_variant(job: str, variant: str, args) -> dict:
             learning_rate=1e-4,
             bf16=True,
             torch_compile=compiled,
+            # CUDA graphs replay each step's kernels without their launches (one graph per batch shape).
+            torch_compile_mode="reduce-overhead" if cuda_graphs else None,
             logging_steps=5,
             save_strategy="no",
             report_to=[],
@@ -221,16 +225,17 @@ def use_smoke_shapes():
 
 VARIANTS = (
     "upstream", "upstream_compiled", "fat5", "fat5_compiled", "fat5_packed", "fat5_packed_compiled",
-    "fat5_packed_compiled_kernelized", "fat5_kernelized",
+    "fat5_packed_compiled_kernelized", "fat5_kernelized", "upstream_cudagraphs", "fat5_packed_cudagraphs",
 )  # fmt: skip
 
 
 def variant_name(name: str) -> str:
     base, *options = name.split("_")
-    allowed = {"compiled"} if base == "upstream" else {"packed", "compiled", "kernelized"}
+    allowed = {"compiled", "cudagraphs"} if base == "upstream" else {"packed", "compiled", "cudagraphs", "kernelized"}
     if base not in ("upstream", "fat5") or not set(options) <= allowed or len(set(options)) != len(options):
         raise argparse.ArgumentTypeError(
-            f"{name!r}: 'upstream' or 'fat5', then any of _packed, _compiled, _kernelized (upstream: _compiled only)"
+            f"{name!r}: 'upstream' or 'fat5', then any of _packed, _compiled, _cudagraphs, _kernelized (upstream: "
+            "_compiled or _cudagraphs)"
         )
     return name
 
