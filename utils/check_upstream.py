@@ -33,11 +33,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKER_TIMEOUT_S = 1800
 TESTS_TIMEOUT_S = 3600
 MAX_COMPLAINTS_SHOWN = 3
-# Lines of the checkers' runner that change from run to run without saying anything about the tree.
+# Lines of the checkers' runner that change from run to run without saying anything about the tree (matched once
+# durations read `<t>`): its verdict line says "FAILED (<t>)" when it ran the checker and "... (cached)" when it
+# reused an earlier result for unchanged files.
 # Traceback frames go too: their line numbers move when the export adds a line to the checker's own file (check_repo.py,
 # check_config_attributes.py), and the exception line below them says what the complaint is.
 NOISE = re.compile(
-    r"^(?:\$ .*|(?:OK|FAILED) \([\d.ms]+\)|.* \(cached\)|Traceback \(most recent call last\):|File \".*\", line \d+.*|[~^ ]+)$"
+    r"^(?:\$ .*|(?:OK|FAILED) \(<t>\)|.* \(cached\)|Traceback \(most recent call last\):|File \".*\", line \d+.*|[~^ ]+)$"
 )
 DURATION = re.compile(r"\b\d+(?:\.\d+)?\s*(?:s|ms|seconds)\b")
 
