@@ -125,6 +125,14 @@ def test_export_writes_the_model_and_its_registrations(exported_tree):
     assert "from ...test_modeling_common import ModelTesterMixin, ids_tensor" in test_text
     assert "fat5" not in test_text and "transformers_tests" not in test_text
 
+    # The reference checkpoints' renamings inline in conversion_mapping.py, their op beside the others, and no
+    # import of the model folder there.
+    conversion_mapping = (package / "conversion_mapping.py").read_text()
+    assert 'mapping["flash_t5"] = [' in conversion_mapping and "    Reshape,\n" in conversion_mapping
+    assert "models.flash_t5" not in conversion_mapping
+    assert "\nclass Reshape(ConversionOps):\n" in (package / "core_model_loading.py").read_text()
+    assert not (model_dir / "weight_conversion.py").exists()
+
     doc = (tree / "docs" / "source" / "en" / "model_doc" / "flash_t5.md").read_text()
     assert "[[autodoc]] FlashT5ForConditionalGeneration" in doc and "import fat5" not in doc
     # utils/add_dates.py: FAT5's release, and the day it is added (today, for a model not yet on transformers' main)
@@ -191,6 +199,16 @@ def test_in_tree_model_imports_and_auto_classes_resolve_without_fat5(exported_tr
         )
         models = [auto.from_config(config) for auto in
                   (AutoModelForQuestionAnswering, AutoModelForSeq2SeqLM, AutoModelForTextEncoding)]
+
+        # A reference FAT5 checkpoint (FIRE: renamed keys and reshaped scalars), loaded and saved again in-tree
+        import tempfile, torch
+        reference = AutoModelForSeq2SeqLM.from_pretrained(sys.argv[1]).eval()
+        ids = torch.arange(2, 11)[None]
+        logits = reference(input_ids=ids, decoder_input_ids=ids[:, :5]).logits
+        with tempfile.TemporaryDirectory() as folder:
+            reference.save_pretrained(folder)
+            resaved = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+            resaved_logits = resaved(input_ids=ids, decoder_input_ids=ids[:, :5]).logits
         print(json.dumps({
             "transformers": transformers.__file__,
             "config": type(config).__module__ + "." + type(config).__name__,
@@ -200,14 +218,34 @@ def test_in_tree_model_imports_and_auto_classes_resolve_without_fat5(exported_tr
             "fat5_modules": sorted(name for name in sys.modules if name == "fat5" or name.startswith("fat5.")),
             "top_level": hasattr(transformers, "FlashT5ForTokenClassification"),
             "helpers_stay_private": not hasattr(transformers, "legacy_config_to_native"),
+            "reference_logits": logits.tolist(),
+            "resaved_equal": torch.equal(logits, resaved_logits),
         }))
         """
     )
+    fire_checkpoint = REPO_ROOT / "tests" / "fixtures" / "reference_fat5" / "fire"
     proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=tree, env=_tree_env(tree), capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", script, str(fire_checkpoint)],
+        cwd=tree,
+        env=_tree_env(tree),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The renamings and FIRE's reshape written into the tree's conversion_mapping.py load the reference checkpoint as
+    # the plugin does, and a checkpoint saved in-tree loads back the same.
+    import torch
+
+    import fat5
+
+    plugin = fat5.FlashT5ForConditionalGeneration.from_pretrained(fire_checkpoint).eval()
+    ids = torch.arange(2, 11)[None]
+    with torch.no_grad():
+        expected = plugin(input_ids=ids, decoder_input_ids=ids[:, :5]).logits
+    torch.testing.assert_close(torch.tensor(info["reference_logits"]), expected, rtol=1e-5, atol=1e-5)
+    assert info["resaved_equal"]
     assert Path(info["transformers"]).resolve().is_relative_to((tree / "src").resolve())
     assert info["config"] == "transformers.models.flash_t5.configuration_flash_t5.FlashT5Config"
     assert info["models"] == [

@@ -6,13 +6,15 @@
 TRANSFORMERS_SRC is a checkout (or an unpacked sdist) of transformers >=5.17,<6. The command writes:
 
 - `src/transformers/models/flash_t5/`: the configuration, the modular file and the modeling file generated from it,
-  the checkpoint-conversion helpers the configuration reads, the T5 -> FAT5 conversion script and an in-tree lazy `__init__.py`. Imports of `transformers`
-  become the relative imports in-tree code uses, and every `fat5` reference is removed or rewritten. The Triton
-  `kernels/` folder is NOT exported: in-tree, the model runs eager / sdpa / flex_attention in pure PyTorch, and the
-  kernels are meant to ship as a Hub kernel loaded through the `kernels` library (the command says so);
+  the config-conversion helpers the configuration reads, the T5 -> FAT5 conversion script and an in-tree lazy
+  `__init__.py`. Imports of `transformers` become the relative imports in-tree code uses, and every `fat5`
+  reference is removed or rewritten. The Triton `kernels/` folder is NOT exported: in-tree, the model runs eager /
+  sdpa / flex_attention in pure PyTorch, and the kernels are meant to ship as a Hub kernel loaded through the
+  `kernels` library (the command says so);
 - the auto mappings (`models/auto/auto_mappings.py` or `configuration_auto.py` for the config, `modeling_auto.py` for
-  the heads, `tokenization_auto.py` for the T5 tokenizer), the model's line in `models/__init__.py` and the load-time
-  renamings of reference FAT5 checkpoints in `conversion_mapping.py`;
+  the heads, `tokenization_auto.py` for the T5 tokenizer), the model's line in `models/__init__.py`, and the load-time
+  renamings of reference FAT5 checkpoints written inline in `conversion_mapping.py` (from the plugin's
+  `weight_conversion.py`, which is not exported), with the `Reshape` op they use in `core_model_loading.py`;
 - `tests/models/flash_t5/`: FAT5's model tests with in-tree imports (kernel tests, kernel-only test functions and the
   plugin's own tests, among them those of the reference checkpoints' recorded outputs, are left out);
 - `docs/source/en/model_doc/flash_t5.md` and its `_toctree.yml` entry, when the tree has a `docs/` folder.
@@ -23,6 +25,7 @@ Running it twice gives the same tree. Also importable: `export(transformers_root
 import argparse
 import ast
 import datetime
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -33,6 +36,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_SRC = REPO_ROOT / "src" / "fat5" / "models" / "flash_t5"
+# Not exported: its renamings and op go into transformers' own conversion_mapping.py and core_model_loading.py.
+WEIGHT_CONVERSION_SRC = MODEL_SRC / "weight_conversion.py"
 TESTS_SRC = REPO_ROOT / "tests" / "models" / "flash_t5"
 DOC_SRC = REPO_ROOT / "docs" / "source" / "en" / "model_doc" / "flash_t5.md"
 
@@ -64,7 +69,7 @@ KERNELS_NOTE = (
     '`attn_implementation="<org>/fat5-kernels"`, registered through `AttentionInterface` / '
     "`AttentionMaskInterface`, with the RMSNorm and loss as `kernelize` layers), not in the transformers tree."
 )
-CONVERSION_MARKER = "# FAT5 (flash_t5): the reference implementation's checkpoint keys, FIRE's scalars"
+CONVERSION_MARKER = "# FAT5 (flash_t5): the reference implementation's module names, and FIRE's scalars"
 # What transformers' repository checks need to know about a new model, as (file under utils/, list or dict name,
 # the entry FAT5 needs, the entry of the T5 model it goes next to). T5's stack and its config's `feed_forward_proj`
 # (read by the config to derive the activation, never as `config.feed_forward_proj` in the modeling file) are listed
@@ -629,20 +634,89 @@ def register_in_models_init(package: Path, result: ExportResult) -> None:
     _edit(path, "".join(lines[:position] + [line] + lines[position:]), result)
 
 
-def register_checkpoint_conversion(package: Path, result: ExportResult) -> None:
+def _load_weight_conversion():
+    """The plugin's `weight_conversion` module: the source of the renamings and of `Reshape` written in-tree."""
+    spec = importlib.util.spec_from_file_location("fat5_weight_conversion", WEIGHT_CONVERSION_SRC)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class CheckpointConversion:
+    mapping_block: str  # FAT5's entry of conversion_mapping.py's `_build_checkpoint_conversion_mapping`
+    reshape_source: str  # the `Reshape` op, for core_model_loading.py
+
+
+def checkpoint_conversion_sources() -> CheckpointConversion:
+    text = WEIGHT_CONVERSION_SRC.read_text(encoding="utf-8")
+    reshape = next(n for n in ast.parse(text).body if isinstance(n, ast.ClassDef) and n.name == "Reshape")
+    start, end = _node_span(reshape, text.splitlines(keepends=True))
+    reshape_source = "".join(text.splitlines(keepends=True)[start - 1 : end])
+    return CheckpointConversion(conversion_mapping_block(_load_weight_conversion()), reshape_source)
+
+
+def _raw_string(pattern: str) -> str:
+    if '"' in pattern or pattern.endswith("\\"):
+        raise ExportError(f"the renaming pattern {pattern!r} cannot be written as a raw string")
+    return f'r"{pattern}"'
+
+
+def conversion_mapping_block(weight_conversion) -> str:
+    """FAT5's entry of `_build_checkpoint_conversion_mapping`, written out as the other models' are."""
+    lines = [
+        f"    {CONVERSION_MARKER}",
+        "    # (0-dim in every checkpoint, one-element vectors in the model, which FSDP2 needs).",
+        f'    mapping["{MODEL_TYPE}"] = [',
+    ]
+    for transform in weight_conversion.weight_conversions():
+        source, target = transform._original_source_patterns[0], transform._original_target_patterns[0]
+        if isinstance(transform, weight_conversion.WeightConverter):
+            (reshape,) = transform.operations
+            lines.append(
+                f'        WeightConverter("{source}", "{target}", operations=[Reshape({reshape.saved_shape!r}, '
+                f"{reshape.model_shape!r})]),"
+            )
+        else:
+            lines.append(f"        WeightRenaming({_raw_string(source)}, {_raw_string(target)}),")
+    return "\n".join([*lines, "    ]", "", ""])
+
+
+def _add_to_import_list(text: str, module: str, name: str, path: Path) -> str:
+    """`text` with `name` added, in order, to its parenthesized `from <module> import (...)`."""
+    block = re.search(rf"^from {re.escape(module)} import \(\n((?:    \w+,\n)+)\)", text, re.M)
+    if block is None:
+        raise ExportError(f"cannot find `from {module} import (` in {path}")
+    names = sorted({*re.findall(r"\w+", block.group(1)), name}, key=lambda n: (n.lower(), n))
+    listed = "".join(f"    {n},\n" for n in names)
+    return text[: block.start(1)] + listed + text[block.end(1) :]
+
+
+def register_checkpoint_conversion(
+    package: Path, conversion: CheckpointConversion, ruff: str | None, result: ExportResult
+) -> None:
+    """The reference checkpoints' renamings inline in `conversion_mapping.py`, and the `Reshape` they use beside the
+    other conversion ops in `core_model_loading.py`, as transformers keeps every model's (formatted by `ruff`)."""
+
+    def edit(path: Path, text: str) -> None:
+        _edit(path, ruff_fix_and_format(ruff, path, text) if ruff else text, result)
+
+    core_path = package / "core_model_loading.py"
     path = package / "conversion_mapping.py"
-    if not path.is_file():
-        raise ExportError(f"{path} is missing: reference FAT5 checkpoints could not load in this tree")
+    for required in (core_path, path):
+        if not required.is_file():
+            raise ExportError(f"{required} is missing: reference FAT5 checkpoints could not load in this tree")
+    core = core_path.read_text(encoding="utf-8")
+    if "\nclass Reshape(ConversionOps):" not in core:
+        anchor = core.find("\nclass WeightTransform:")
+        if anchor == -1:
+            raise ExportError(f"cannot find `class WeightTransform` in {core_path}")
+        edit(core_path, core[: anchor + 1] + conversion.reshape_source + "\n\n" + core[anchor + 1 :])
+
     text = path.read_text(encoding="utf-8")
     if CONVERSION_MARKER in text:
         return
-    block = (
-        f"    {CONVERSION_MARKER}\n"
-        "    from .models.flash_t5.checkpoint_conversion import weight_conversions\n"
-        "\n"
-        f'    mapping["{MODEL_TYPE}"] = weight_conversions()\n'
-        "\n"
-    )
+    text = _add_to_import_list(text, ".core_model_loading", "Reshape", path)
     anchor = re.search(r"^    for model_type, base_pattern in _MODEL_TO_CONVERSION_PATTERN\.items\(\):$", text, re.M)
     if anchor is None:
         function = re.search(
@@ -653,7 +727,11 @@ def register_checkpoint_conversion(package: Path, result: ExportResult) -> None:
         position = function.end() - len("    return mapping")
     else:
         position = anchor.start()
-    _edit(path, text[:position] + block + text[position:], result)
+    edit(path, text[:position] + conversion.mapping_block + text[position:])
+    result.notes.append(
+        "in-tree, the reference checkpoints' renamings follow transformers' convention: a model loaded from such a "
+        "checkpoint saves in its layout again (the plugin saves native names)"
+    )
 
 
 def insert_toctree_entry(text: str) -> str | None:
@@ -811,6 +889,7 @@ def export(transformers_root: Path) -> ExportResult:
         name: rewrite_model_file((MODEL_SRC / name).read_text(encoding="utf-8"), name, cache_renamed)
         for name in MODEL_FILES
     }
+    conversion = checkpoint_conversion_sources()
     lazy_modules = [name[:-3] for name in MODEL_FILES if name.startswith(("configuration_", "modeling_"))]
     model_files["__init__.py"] = model_init(lazy_modules)
     test_paths, test_left_out = exported_test_files()
@@ -841,7 +920,7 @@ def export(transformers_root: Path) -> ExportResult:
 
     register_in_auto_mappings(package, result)
     register_in_models_init(package, result)
-    register_checkpoint_conversion(package, result)
+    register_checkpoint_conversion(package, conversion, ruff, result)
     register_in_repo_checks(root, result)
     if doc_text is not None:
         register_doc(root, doc_text, result)

@@ -33,8 +33,8 @@ from .models.flash_t5 import (  # noqa: E402
     FlashT5Model,
     FlashT5PreTrainedModel,
 )
-from .models.flash_t5.checkpoint_conversion import register_legacy_checkpoint_conversion  # noqa: E402
 from .models.flash_t5.kernels import kernelize, register_fat5_attention  # noqa: E402
+from .models.flash_t5.weight_conversion import register_legacy_checkpoint_conversion  # noqa: E402
 from .packing import DataCollatorWithPacking  # noqa: E402
 
 

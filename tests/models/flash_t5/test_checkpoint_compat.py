@@ -43,12 +43,9 @@ from fat5 import (
     FlashT5ForSequenceClassification,
     FlashT5ForTokenClassification,
 )
-from fat5.models.flash_t5.checkpoint_conversion import (
-    convert_legacy_state_dict,
-    is_legacy_config,
-    legacy_config_to_native,
-)
+from fat5.models.flash_t5.checkpoint_conversion import is_legacy_config, legacy_config_to_native
 from fat5.models.flash_t5.modeling_flash_t5 import FlashT5Attention
+from fat5.models.flash_t5.weight_conversion import convert_legacy_state_dict
 
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "reference_fat5"

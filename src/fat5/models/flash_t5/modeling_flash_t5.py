@@ -142,7 +142,7 @@ class FlashT5FIRE(nn.Module):
         self.mlp_in = nn.Linear(1, config.fire_hidden_size)
         self.mlp_out = nn.Linear(config.fire_hidden_size, config.num_heads)
         # One-element vectors, not scalars: FSDP2's `fully_shard` refuses 0-dim parameters. Checkpoints keep them as
-        # scalars, as the reference's do (`checkpoint_conversion.weight_conversions`).
+        # scalars, as the reference's do (`weight_conversion.weight_conversions`).
         self.distance_scale = nn.Parameter(torch.tensor([0.1]))
         self.threshold = nn.Buffer(torch.tensor(float(config.relative_attention_max_distance)))
         self.threshold_multiplier = nn.Parameter(torch.tensor([1.0]))
