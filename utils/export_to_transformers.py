@@ -729,8 +729,9 @@ def register_checkpoint_conversion(
         position = anchor.start()
     edit(path, text[:position] + conversion.mapping_block + text[position:])
     result.notes.append(
-        "in-tree, the reference checkpoints' renamings follow transformers' convention: a model loaded from such a "
-        "checkpoint saves in its layout again (the plugin saves native names)"
+        "in-tree, the reference checkpoints' renamings follow transformers' convention of reverting registered "
+        "conversions on save: a model loaded from a reference checkpoint, or created from scratch, saves in the "
+        "reference layout, one loaded from a native checkpoint saves native names (the plugin always saves native names)"
     )
 
 
