@@ -731,7 +731,8 @@ def register_checkpoint_conversion(
     result.notes.append(
         "in-tree, the reference checkpoints' renamings follow transformers' convention of reverting registered "
         "conversions on save: a model loaded from a reference checkpoint, or created from scratch, saves in the "
-        "reference layout, one loaded from a native checkpoint saves native names (the plugin always saves native names)"
+        "reference layout, one loaded from a native checkpoint saves native names (the plugin always saves native "
+        "names)"
     )
 
 
