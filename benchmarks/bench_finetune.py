@@ -146,6 +146,18 @@ def build_model(job: str, upstream: bool, dropout: float, device: str):
         return FAT5_MODELS[job](FlashT5Config(**shape, scale_decoder_outputs=False))
 
 
+def job_collator(job: str, packed: bool, padded_to_maximum: bool):
+    """Packed rows of PACKED_ROWS tokens, rows padded to the job's maximum lengths (one shape: the best an upstream
+    user can compile), or rows padded to the longest in the batch."""
+    if packed:
+        max_length, decoder_max_length = PACKED_ROWS[job]
+        return fat5.DataCollatorWithPacking(max_length, decoder_max_length, pad_token_id=PAD)
+    if padded_to_maximum:
+        _, (_, high), targets = JOBS[job]
+        return PaddingCollator(length=high, label_length=targets[1] if targets else None)
+    return PaddingCollator()
+
+
 def run_variant(job: str, variant: str, args) -> dict:
     upstream, *options = variant.split("_")
     upstream = upstream == "upstream"
@@ -154,14 +166,7 @@ def run_variant(job: str, variant: str, args) -> dict:
     model = build_model(job, upstream, args.dropout, args.device)
     if "kernelized" in options:
         fat5.kernelize(model)
-    high = JOBS[job][1][1]
-    targets = JOBS[job][2]
-    collator = PaddingCollator()
-    if upstream and compiled:
-        collator = PaddingCollator(length=high, label_length=targets[1] if targets else None)
-    if "packed" in options:
-        max_length, decoder_max_length = PACKED_ROWS[job]
-        collator = fat5.DataCollatorWithPacking(max_length, decoder_max_length, pad_token_id=PAD)
+    collator = job_collator(job, packed="packed" in options, padded_to_maximum=upstream and compiled)
     steps = args.warmup_steps + args.steps
     examples = synthetic_examples(job, steps * BATCH_SIZE)
     callback = ThroughputCallback(args.warmup_steps)

@@ -17,8 +17,6 @@ import bench_finetune
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import fat5
-
 
 CATEGORIES = {
     "attention": ("_forward_kernel", "_backward_kv", "_backward_q", "_backward_delta", "fmha", "flash", "attention"),
@@ -47,13 +45,7 @@ def train_step(model, optimizer, batch: dict) -> None:
 def profile_variant(label: str, upstream: bool, dropout: float, steps: int, warmup_steps: int) -> None:
     model = bench_finetune.build_model("seq2seq", upstream, dropout, "cuda")
     model.train()
-    (_, high), (_, target_high) = bench_finetune.JOBS["seq2seq"][1:]
-    if upstream:
-        collator = bench_finetune.PaddingCollator(length=high, label_length=target_high)
-    else:
-        collator = fat5.DataCollatorWithPacking(
-            *bench_finetune.PACKED_ROWS["seq2seq"], pad_token_id=bench_finetune.PAD
-        )
+    collator = bench_finetune.job_collator("seq2seq", packed=not upstream, padded_to_maximum=upstream)
     size = bench_finetune.BATCH_SIZE
     examples = bench_finetune.synthetic_examples("seq2seq", (warmup_steps + steps) * size)
     batches = [collator(examples[start : start + size]) for start in range(0, len(examples), size)]
