@@ -19,6 +19,7 @@ sizes in bf16.
 """
 
 import dataclasses
+import math
 import os
 
 import pytest
@@ -384,22 +385,94 @@ def test_opcheck(bias_kind, dropout):
     )
 
 
+UINT32 = 0xFFFFFFFF
+
+
+def _mulhilo32(multiplier, x):
+    """(high, low) words of multiplier * x for a 32-bit constant and an int64 tensor of uint32s, in int64 arithmetic
+    (16-bit halves, so that no product overflows)."""
+    low_half, high_half = x & 0xFFFF, x >> 16
+    low_product, high_product = multiplier * low_half, multiplier * high_half
+    middle = high_product + (low_product >> 16)
+    return middle >> 16, ((middle & 0xFFFF) << 16) | (low_product & 0xFFFF)
+
+
+def philox4x32(counter, key, rounds=10):
+    """Philox4x32 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", 2011; Random123's philox4x32_R) in
+    torch: the four output words of the counters (four int64 tensors of uint32s, broadcast together) under the key
+    (two)."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(rounds):
+        high0, low0 = _mulhilo32(0xD2511F53, c0)
+        high1, low1 = _mulhilo32(0xCD9E8D57, c2)
+        c0, c1, c2, c3 = high1 ^ c1 ^ k0, low1, high0 ^ c3 ^ k1, low0
+        k0, k1 = (k0 + 0x9E3779B9) & UINT32, (k1 + 0xBB67AE85) & UINT32
+    return c0, c1, c2, c3
+
+
+def test_philox4x32_known_answers():
+    """The replay's Philox gives Random123's known answers (kat_vectors, philox4x32 with 10 rounds)."""
+    cases = [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((UINT32,) * 4, (UINT32,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        (
+            (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+            (0xA4093822, 0x299F31D0),
+            (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+        ),
+    ]
+    for counter, key, expected in cases:
+        words = philox4x32([torch.tensor(c) for c in counter], [torch.tensor(k) for k in key])
+        assert [int(w) for w in words] == list(expected)
+
+
+def replay_keep_mask(seed, batch, heads, seq_m, seq_n, dropout):
+    """The dropout mask the kernels should draw from `seed`, replayed here without their code: (batch, heads, query,
+    key), True = kept. Score (query, key) of head h = batch * heads + head takes word key % 4 of Philox4x32-10 with
+    counter (key // 4, query, 0, 0) and key (the seed's low word, its high word | h), and is kept when that word is
+    at least floor(p * 2^32), p in fp32."""
+    seed = int(seed)
+    head = torch.arange(batch * heads, dtype=torch.int64, device=DEVICE)[:, None, None]
+    query = torch.arange(seq_m, dtype=torch.int64, device=DEVICE)[None, :, None]
+    key = torch.arange(seq_n, dtype=torch.int64, device=DEVICE)[None, None, :]
+    zero = torch.zeros((), dtype=torch.int64, device=DEVICE)
+    philox_key = (torch.full_like(head, seed & UINT32), (head | (seed >> 32)) & UINT32)
+    words = philox4x32((key // 4, query, zero, zero), philox_key)
+    words = torch.stack(torch.broadcast_tensors(*words))
+    word = torch.gather(words, 0, (key % 4).expand(1, batch * heads, seq_m, seq_n))[0]
+    threshold = math.floor(float(torch.tensor(dropout, dtype=torch.float32)) * 2**32)
+    return (word >= threshold).view(batch, heads, seq_m, seq_n)
+
+
 @triton.jit
-def _keep_mask_kernel(SEED, KEEP, seq_m, seq_n, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    batch_head = tl.program_id(0)
-    query_index = tl.arange(0, BLOCK_M)[:, None]
-    key_index = tl.arange(0, BLOCK_N)[None, :]
-    keep = A._dropout_keep(tl.load(SEED), batch_head, query_index, key_index, seq_n, dropout_p)
+def _keep_mask_kernel(
+    SEED, KEEP, seq_m, seq_n, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KEYS_BY_ROW: tl.constexpr
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    start_n = tl.program_id(1) * BLOCK_N
+    batch_head = tl.program_id(2)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    keep = A._dropout_keep(tl.load(SEED), batch_head, offs_m, start_n, dropout_p, BLOCK_N, KEYS_BY_ROW)
+    if KEYS_BY_ROW:
+        query_index = offs_m[None, :]
+        key_index = offs_n[:, None]
+    else:
+        query_index = offs_m[:, None]
+        key_index = offs_n[None, :]
     in_bounds = (query_index < seq_m) & (key_index < seq_n)
     tl.store(KEEP + (batch_head * seq_m + query_index) * seq_n + key_index, keep.to(tl.int8), mask=in_bounds)
 
 
-def kernel_keep_mask(seed, batch, heads, seq_m, seq_n, dropout):
-    """The dropout mask the kernels draw from `seed`, drawn through their own `_dropout_keep`: (batch, heads, query,
-    key), True = kept."""
+def kernel_keep_mask(seed, batch, heads, seq_m, seq_n, dropout, block_m=16, block_n=16, keys_by_row=False):
+    """The dropout mask the kernels draw from `seed`, drawn through their own `_dropout_keep` tile by tile (tiles of
+    block_m queries and block_n keys, keys by row or not): (batch, heads, query, key), True = kept."""
     keep = torch.zeros(batch, heads, seq_m, seq_n, dtype=torch.int8, device=DEVICE)
-    block_m, block_n = (max(16, triton.next_power_of_2(n)) for n in (seq_m, seq_n))
-    _keep_mask_kernel[(batch * heads,)](seed, keep, seq_m, seq_n, dropout, BLOCK_M=block_m, BLOCK_N=block_n)
+    grid = (triton.cdiv(seq_m, block_m), triton.cdiv(seq_n, block_n), batch * heads)
+    _keep_mask_kernel[grid](
+        seed, keep, seq_m, seq_n, dropout, BLOCK_M=block_m, BLOCK_N=block_n, KEYS_BY_ROW=keys_by_row
+    )
     return keep.bool()
 
 
@@ -430,7 +503,7 @@ def test_dropout_t5_gradients_replay_the_forward_mask(
         table, num_buckets, max_distance, bidirectional=bidirectional, is_causal=causal, query_offset=offset,
         dropout=dropout,
     )  # fmt: skip
-    keep = kernel_keep_mask(fixed_dropout_seed, 2, heads, seq_m, seq_n, dropout)
+    keep = replay_keep_mask(fixed_dropout_seed, 2, heads, seq_m, seq_n, dropout)
     reference_kwargs = {"causal": causal, "offset": offset, "dropout_keep": keep, "dropout": dropout}
 
     def reference_bias(table64):
@@ -446,7 +519,7 @@ def test_dropout_other_biases_replay_the_forward_mask(poison, kv_layout, fixed_d
     heads, seq_m, seq_n, dropout = 2, 33, 33 if bias_kind != "none" else 47, 0.2
     q, k, v = inputs(2, heads, seq_m, seq_n, 16, torch.float32, seed=9)
     mask = padding_mask(2, seq_n, (seq_n, 11))
-    keep = kernel_keep_mask(fixed_dropout_seed, 2, heads, seq_m, seq_n, dropout)
+    keep = replay_keep_mask(fixed_dropout_seed, 2, heads, seq_m, seq_n, dropout)
     relative = torch.arange(seq_n, device=DEVICE)[None, :] - torch.arange(seq_m, device=DEVICE)[:, None]
     bias_leaf, reference_bias, kernel_kwargs = None, None, {"dropout": dropout}
     if bias_kind == "alibi":
@@ -462,17 +535,38 @@ def test_dropout_other_biases_replay_the_forward_mask(poison, kv_layout, fixed_d
     check(actual, expected, 1e-5)
 
 
+@pytest.mark.parametrize(
+    "block_m,block_n,keys_by_row",
+    [(16, 16, False), (16, 64, False), (64, 16, False), (32, 32, True), (16, 64, True), (64, 16, True)],
+)
+def test_dropout_mask_is_the_replay_in_every_tile_shape(fixed_dropout_seed, block_m, block_n, keys_by_row):
+    """`_dropout_keep` draws the replayed mask whatever the tile shape and layout (query or key by row), ragged last
+    tiles included (lengths that are no multiple of 4 or of a tile): the forward and backward kernels, whose tiles
+    differ, draw one mask."""
+    expected = replay_keep_mask(fixed_dropout_seed, 2, 3, 37, 45, 0.3)
+    keep = kernel_keep_mask(fixed_dropout_seed, 2, 3, 37, 45, 0.3, block_m, block_n, keys_by_row)
+    assert torch.equal(keep, expected)
+
+
 def test_dropout_mask_keep_rate_and_streams(fixed_dropout_seed):
     """The kernels keep a fraction 1 - p of the scores (within four standard deviations), each head draws its own
     mask, and another seed draws another."""
     batch, heads, seq, dropout = 2, 3, 64, 0.3
-    keep = kernel_keep_mask(fixed_dropout_seed, batch, heads, seq, seq, dropout)
+    keep = kernel_keep_mask(fixed_dropout_seed, batch, heads, seq, seq, dropout, 64, 64)
+    assert torch.equal(keep, replay_keep_mask(fixed_dropout_seed, batch, heads, seq, seq, dropout))
     draws = keep.numel()
     assert abs(keep.float().mean().item() - (1 - dropout)) < 4 * (dropout * (1 - dropout) / draws) ** 0.5
     by_head = keep.view(batch * heads, -1)
     assert all(not torch.equal(by_head[0], other) for other in by_head[1:])
-    other_seed = kernel_keep_mask(fixed_dropout_seed + 1, batch, heads, seq, seq, dropout)
+    other_seed = kernel_keep_mask(fixed_dropout_seed + 1, batch, heads, seq, seq, dropout, 64, 64)
     assert (keep != other_seed).float().mean() > 0.3
+
+
+def test_dropout_bounds_no_length():
+    """Dropout takes the kernels at any length: the mask's counter holds a query and a key group, not a score's index
+    within its head (calls of 2^31 scores a head or more once went to SDPA)."""
+    q, k, v = (torch.empty(1, 1, 2**16, 16, device="meta") for _ in range(3))
+    assert A.kernel_refusal(q, k, v, None, 0.1) is None
 
 
 def test_dropout_is_reproducible_and_zero_changes_nothing(poison):

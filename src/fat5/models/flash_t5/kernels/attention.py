@@ -20,13 +20,13 @@ The bias is never a (query x key) tensor for the position encodings that do not 
 
 Also in the kernels: the key-padding mask (batch, key), causal masking with the offset of cached keys, query and key
 lengths that differ (cross-attention), head dims up to 128, fp16/bf16/fp32 (fp32 products in full precision), and
-attention dropout (a counter-based Philox mask drawn from a seed, drawn again by the backward kernels: nothing of
-(query x key) size is stored). Rows whose every key is masked give zeros.
+attention dropout (a counter-based Philox mask drawn from a seed, four scores a Philox call, drawn again by the
+backward kernels: nothing of (query x key) size is stored). Rows whose every key is masked give zeros.
 
 Paths the kernels do not take run through `torch.nn.functional.scaled_dot_product_attention` with a bias built for
 the call (documented in `fat5_attention`): head dims above 128, dtypes other than fp16/bf16/fp32, 4D attention masks,
-dropout over more than 2^31 scores a head, and decode steps (a few queries against a cache, where building the bias of those
-rows is cheap and the fused kernel gains nothing).
+and decode steps (a few queries against a cache, where building the bias of those rows is cheap and the fused kernel
+gains nothing).
 
 The ops are `torch.library.triton_op`s on GPUs (see `kernel_op`): `torch.compile(fullgraph=True)` traces into them
 and launches the kernels from the compiled graph. This module imports Triton: import it only where Triton exists.
@@ -225,12 +225,40 @@ def _within_segments(lo, hi, segment_lo, segment_hi, HAS_SEGMENTS: tl.constexpr)
 
 
 @triton.jit
-def _dropout_keep(dropout_seed, batch_head, query_index, key_index, seq_n, dropout_p):
-    """Which scores attention dropout keeps: a Philox draw per score, the same in the forward and both backward
-    kernels whatever their tile shapes and layouts. The seed takes the key's low word and the (batch, head) its high
-    word, so each head has its own stream; the counter is the score's index in its head."""
+def _dropout_keep(
+    dropout_seed, batch_head, offs_m, start_n, dropout_p, BLOCK_N: tl.constexpr, KEYS_BY_ROW: tl.constexpr
+):
+    """Which scores of the tile of queries `offs_m` and keys [start_n, start_n + BLOCK_N) attention dropout keeps:
+    (query x key), or (key x query) with KEYS_BY_ROW.
+
+    One Philox4x32-10 call draws four consecutive keys of a query: its counter is (key // 4, query, 0, 0), its key
+    (the seed's low word, the seed's high word | (batch, head)), so each head has its own stream, and output j is key
+    4 * (key // 4) + j's. A score is kept when that uint32 is at least floor(p * 2^32) (p in fp32). The bits depend
+    on the score's query and key only: the forward and both backward kernels draw the same mask whatever their tile
+    shapes and layouts. `start_n` must be a multiple of 4 (the kernels' key tiles start at multiples of BLOCK_N), so
+    that a group of four keys never straddles two tiles; positions past the sequences draw bits that the kernels'
+    masks discard. The counter's words are the indices themselves: no length bounds the stream."""
+    tl.static_assert(BLOCK_N % 4 == 0, "a tile holds whole groups of four keys")
     philox_key = (batch_head.to(tl.int64) << 32) | dropout_seed
-    return tl.rand(philox_key, query_index * seq_n + key_index) >= dropout_p
+    key_groups = start_n // 4 + tl.arange(0, BLOCK_N // 4)
+    if KEYS_BY_ROW:
+        bits0, bits1, bits2, bits3 = tl.philox(philox_key, key_groups[:, None], offs_m[None, :], 0, 0)
+    else:
+        bits0, bits1, bits2, bits3 = tl.philox(philox_key, key_groups[None, :], offs_m[:, None], 0, 0)
+    # A uint32 compare: p * 2^32 is exact in fp32 (p < 1), its conversion truncates.
+    threshold = (tl.cast(dropout_p, tl.float32) * 4294967296.0).to(tl.uint32)
+    keep0 = bits0 >= threshold
+    keep1 = bits1 >= threshold
+    keep2 = bits2 >= threshold
+    keep3 = bits3 >= threshold
+    # (rows, columns / 4, 2, 2), each join adding the last dimension: element [..., a, b] is output 2a + b, that of key
+    # 4 * group + 2a + b.
+    keep = tl.join(tl.join(keep0, keep2), tl.join(keep1, keep3))
+    if KEYS_BY_ROW:
+        keep = tl.reshape(tl.permute(keep, (0, 2, 3, 1)), (BLOCK_N, offs_m.shape[0]))
+    else:
+        keep = tl.reshape(keep, (offs_m.shape[0], BLOCK_N))
+    return keep
 
 
 @triton.jit
@@ -395,10 +423,7 @@ def _forward_range(
         # ones' 1 / (1 - p) is applied once, to the output).
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
-            keep = _dropout_keep(
-                dropout_seed, batch * num_heads + head, offs_m[:, None], (start_n + offs_n_block)[None, :], seq_n,
-                dropout_p,
-            )  # fmt: skip
+            keep = _dropout_keep(dropout_seed, batch * num_heads + head, offs_m, start_n, dropout_p, BLOCK_N, False)
             p = tl.where(keep, p, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
@@ -672,7 +697,7 @@ def _backward_kv_range(
         # probabilities' gradient is the kept products' times 1 / (1 - p).
         p_kept = p
         if HAS_DROPOUT:
-            keep = _dropout_keep(dropout_seed, batch_head, query_index, key_index, seq_n, dropout_p)
+            keep = _dropout_keep(dropout_seed, batch_head, offs_m, start_n, dropout_p, BLOCK_N, KEYS_BY_ROW)
             p_kept = tl.where(keep, p, 0.0)
         if KEYS_BY_ROW:
             # Keys by row, the layout of Triton's fused-attention tutorial: the probabilities and score gradients
@@ -925,10 +950,7 @@ def _backward_q_range(
         p = tl.exp2(s) if SHIFT_IN_SCORES else tl.exp2(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         if HAS_DROPOUT:
-            keep = _dropout_keep(
-                dropout_seed, batch * num_heads + head, offs_m[:, None], (start_n + offs_n_block)[None, :], seq_n,
-                dropout_p,
-            )  # fmt: skip
+            keep = _dropout_keep(dropout_seed, batch * num_heads + head, offs_m, start_n, dropout_p, BLOCK_N, False)
             dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
@@ -1501,14 +1523,9 @@ def _sdpa_with_bias(query, key, value, key_mask, attention_mask, bias, scale, ca
     return out.transpose(1, 2).contiguous()
 
 
-# The dropout mask's Philox counter is a score's index within its head, an int32.
-MAX_DROPOUT_SCORES = 2**31
-
-
 def kernel_refusal(query, key, value, attention_mask, dropout) -> str | None:
-    """Why the kernels do not take this call (then SDPA runs with a bias built for it), or None."""
-    if dropout > 0.0 and query.shape[2] * key.shape[2] >= MAX_DROPOUT_SCORES:
-        return f"attention dropout with {query.shape[2]} x {key.shape[2]} scores a head (at most 2^31)"
+    """Why the kernels do not take this call (then SDPA runs with a bias built for it), or None. Attention dropout
+    bounds no length: its Philox counter holds a score's key group and query in two words (see `_dropout_keep`)."""
     if query.shape[-1] > MAX_HEAD_DIM:
         return f"head dim {query.shape[-1]} > {MAX_HEAD_DIM}"
     if query.dtype not in KERNEL_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
