@@ -108,7 +108,10 @@ def ptxas_report(ptx: str, arch: int) -> str:
             f.write(ptx)
         arch_name = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
         command = [ptxas, "-v", "--gpu-name", arch_name, source, "-o", os.path.join(folder, "kernel.cubin")]
-        log = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+        proc = subprocess.run(command, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ptxas exited with {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
+        log = proc.stderr
     registers = re.search(r"Used (\d+) registers", log).group(1)
     stores, loads = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log).groups()
     return f"{registers:>3} registers, spills {stores} B stored / {loads} B loaded"
