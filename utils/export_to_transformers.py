@@ -247,10 +247,12 @@ def _remove_unused_import(text: str, name: str) -> str:
 
 
 def _kernel_hook_functions(tree: ast.Module) -> list[ast.FunctionDef]:
-    """Top-level functions that exist for the `fat5` attention implementation (they name it)."""
+    """Top-level functions that exist for the `fat5` attention implementation (they name it, or are named `fat5_*`)."""
     found = []
     for node in tree.body:
-        if isinstance(node, ast.FunctionDef):
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("fat5_"):
+            found.append(node)
+        elif isinstance(node, ast.FunctionDef):
             body = ast.Module(body=node.body, type_ignores=[])
             if any(isinstance(n, ast.Constant) and n.value == "fat5" for n in ast.walk(body)):
                 found.append(node)
@@ -293,11 +295,19 @@ def rewrite_model_file(text: str, filename: str, cache_renamed: bool = True) -> 
     if _imports_kernels(tree):
         raise ExportError(f"{filename} imports the Triton kernels package; the in-tree model must not")
 
-    # 1. Code that only picks the `fat5` (Triton) attention: the hook functions and the `if`s that call them.
+    # 1. Code that only serves the `fat5` (Triton) attention: the hook functions, the `if`s that call them, and the
+    # methods named `fat5_*` (called from those `if`s only).
     hooks = _kernel_hook_functions(tree)
     hook_names = {fn.name for fn in hooks}
+    hook_methods = [
+        node
+        for cls in tree.body
+        if isinstance(cls, ast.ClassDef)
+        for node in cls.body
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("fat5_")
+    ]
     lines = text.splitlines(keepends=True)
-    spans = [_node_span(fn, lines) for fn in hooks]
+    spans = [_node_span(fn, lines) for fn in hooks + hook_methods]
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and not node.orelse:
             if any(isinstance(n, ast.Name) and n.id in hook_names for n in ast.walk(node.test)):
@@ -311,6 +321,9 @@ def rewrite_model_file(text: str, filename: str, cache_renamed: bool = True) -> 
             ):
                 spans.append(_node_span(node, lines))
     text = _delete_lines(text, spans)
+    left = sorted(name for name in hook_names | {m.name for m in hook_methods} if re.search(rf"\b{name}\b", text))
+    if left:
+        raise ExportError(f"{filename}: the plugin hook {left[0]} is still called outside an `if` that calls a hook")
     # The error message that lists the attention implementations no longer offers the Triton one.
     text = text.replace("use 'fat5' (Triton kernels), ", "use ")
 

@@ -239,20 +239,14 @@ class FlashT5Attention(nn.Module):
         if self.has_position_bias and self.position_encoding_type == "fire":
             self.fire = FlashT5FIRE(config)
 
-    def compute_position_bias(self, query_length, key_length, past_seen_tokens, device, in_kernel):
-        """
-        The stack's shared position bias, built by its first layer: a dense (1, heads, query, key) tensor, or, for an
-        attention function that computes the bias itself, its parameters (the T5 table or the ALiBi slopes).
-        """
+    def compute_position_bias(self, query_length, key_length, past_seen_tokens, device):
+        """The stack's shared position bias, built by its first layer: a (1, heads, query, key) tensor."""
+        query_position = torch.arange(query_length, dtype=torch.long, device=device)[:, None] + past_seen_tokens
+        key_position = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
+        distance = key_position - query_position
         if self.position_encoding_type == "t5":
-            if in_kernel:
-                # A copy, not the parameter: the later layers read it after this layer's forward, when FSDP has
-                # freed the parameters it gathered for this layer.
-                return self.relative_attention_bias.weight.clone()
-            query_position = torch.arange(query_length, dtype=torch.long, device=device)[:, None] + past_seen_tokens
-            key_position = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
             buckets = relative_position_bucket(
-                key_position - query_position,
+                distance,
                 bidirectional=not self.is_causal,
                 num_buckets=self.config.relative_attention_num_buckets,
                 max_distance=self.config.relative_attention_max_distance,
@@ -260,22 +254,79 @@ class FlashT5Attention(nn.Module):
             return self.relative_attention_bias(buckets).permute([2, 0, 1]).unsqueeze(0)
         if self.position_encoding_type == "fire":
             return self.fire(query_length, key_length, past_seen_tokens, device=device)
-        slopes = torch.tensor(alibi_slopes(self.n_heads), dtype=torch.float32, device=device)
-        half_slopes = torch.tensor(alibi_slopes(self.n_heads // 2), dtype=torch.float32, device=device).repeat(2)
-        if in_kernel:
-            return half_slopes if self.alibi_asymmetric else slopes
-        query_position = torch.arange(query_length, dtype=torch.long, device=device)[:, None] + past_seen_tokens
-        key_position = torch.arange(key_length, dtype=torch.long, device=device)[None, :]
-        distance = key_position - query_position
         # CODEPATH: symmetric ALiBi checkpoints, and the decoders of native asymmetric ones (causal: one side left).
         if not self.alibi_asymmetric:
+            slopes = torch.tensor(alibi_slopes(self.n_heads), dtype=torch.float32, device=device)
             return (-slopes[:, None, None] * distance.abs()).unsqueeze(0)
         # Asymmetric: the first half of the heads looks only backwards, the second half only forwards, each half with
         # the slopes of a model of half as many heads.
         half = self.n_heads // 2
+        half_slopes = torch.tensor(alibi_slopes(half), dtype=torch.float32, device=device).repeat(2)
         blocked = torch.cat([(distance > 0).expand(half, -1, -1), (distance < 0).expand(half, -1, -1)])
         bias = -half_slopes[:, None, None] * distance.abs()
         return bias.masked_fill(blocked, float("-inf")).unsqueeze(0)
+
+    def fat5_attention(
+        self,
+        attention_interface,
+        query_states,
+        key_states,
+        value_states,
+        mask,
+        position_bias,
+        past_seen_tokens,
+        **kwargs,
+    ):
+        """
+        The call of the `fat5` Triton attention (the plugin's; not part of the in-tree model). Where it computes the
+        position bias in place (all but decode steps), it takes the bias's parameters: the T5 bucket table or the
+        ALiBi slopes, never a (query x key) tensor. It also takes the queries' offset among the keys of a cache.
+        """
+        query_length, key_length = query_states.shape[-2], key_states.shape[-2]
+        in_kernel = attention_interface.computes_position_bias(query_length, key_length)
+        if position_bias is None and self.has_position_bias and in_kernel and self.position_encoding_type == "t5":
+            # A copy, not the parameter: the later layers read it after this layer's forward, when FSDP has freed the
+            # parameters it gathered for this layer.
+            position_bias = self.relative_attention_bias.weight.clone()
+        elif position_bias is None and self.has_position_bias and in_kernel and self.position_encoding_type == "alibi":
+            heads = self.n_heads // 2 if self.alibi_asymmetric else self.n_heads
+            position_bias = torch.tensor(alibi_slopes(heads), dtype=torch.float32, device=query_states.device)
+            position_bias = position_bias.repeat(self.n_heads // heads)
+        elif position_bias is None and self.has_position_bias:
+            position_bias = self.compute_position_bias(query_length, key_length, past_seen_tokens, query_states.device)
+
+        bias_kwargs = {"position_bias": None}
+        if position_bias is not None and position_bias.dim() == 2:
+            bias_kwargs = {
+                "relative_attention_bias": position_bias,
+                "relative_attention_num_buckets": self.config.relative_attention_num_buckets,
+                "relative_attention_max_distance": self.config.relative_attention_max_distance,
+                "bidirectional": not self.is_causal,
+            }
+        elif position_bias is not None and position_bias.dim() == 1:
+            bias_kwargs = {"alibi_slopes": position_bias, "alibi_asymmetric": self.alibi_asymmetric}
+        elif position_bias is not None:
+            bias_kwargs = {
+                "position_bias": position_bias.to(query_states.dtype).expand(query_states.shape[0], -1, -1, -1)
+            }
+        if self.is_causal:
+            # Where the queries sit among the keys, for the causal mask and the position bias: a static cache holds
+            # more keys than the tokens seen so far. Bidirectional self-attention has no cache: its queries are its
+            # keys, which is what attention functions assume without an offset.
+            bias_kwargs["query_offset"] = past_seen_tokens
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            mask,
+            dropout=0.0 if not self.training else self.dropout,
+            scaling=self.scaling,
+            is_causal=self.is_causal,
+            **bias_kwargs,
+            **kwargs,
+        )
+        return attn_output, position_bias, attn_weights
 
     @deprecate_kwarg("past_key_values", _PAST_KEY_VALUES_REMOVAL, new_name="cache")
     def forward(
@@ -337,37 +388,26 @@ class FlashT5Attention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        # Kernels that compute the bias in place take its parameters instead of a (query x key) tensor, when they say so
-        # for these lengths.
-        computes_position_bias = getattr(attention_interface, "computes_position_bias", None)
-        in_kernel = computes_position_bias is not None and computes_position_bias(input_shape[1], key_states.shape[-2])
+        if query_segment_ids is not None:
+            # Packed rows: the mask keeps the examples apart; kernels that mask in place take the segments instead.
+            kwargs.update(query_segment_ids=query_segment_ids, key_segment_ids=key_segment_ids)
+        if fat5_attention_in_use(attention_interface):
+            attn_output, position_bias, attn_weights = self.fat5_attention(
+                attention_interface,
+                query_states,
+                key_states,
+                value_states,
+                mask,
+                position_bias,
+                past_seen_tokens,
+                **kwargs,
+            )
+            return self.o(attn_output.reshape(*input_shape, -1).contiguous()), position_bias, attn_weights
+
         if position_bias is None and self.has_position_bias:
             position_bias = self.compute_position_bias(
-                input_shape[1], key_states.shape[-2], past_seen_tokens, query_states.device, in_kernel
+                input_shape[1], key_states.shape[-2], past_seen_tokens, query_states.device
             )
-
-        bias_kwargs = {"position_bias": None}
-        if position_bias is not None and in_kernel and self.position_encoding_type == "t5":
-            bias_kwargs = {
-                "relative_attention_bias": position_bias,
-                "relative_attention_num_buckets": self.config.relative_attention_num_buckets,
-                "relative_attention_max_distance": self.config.relative_attention_max_distance,
-                "bidirectional": not self.is_causal,
-            }
-        elif position_bias is not None and position_bias.dim() == 1:
-            bias_kwargs = {"alibi_slopes": position_bias, "alibi_asymmetric": self.alibi_asymmetric}
-        elif position_bias is not None:
-            # A view over the batch: flex attention indexes the bias by batch.
-            dense_bias = position_bias.to(query_states.dtype).expand(query_states.shape[0], -1, -1, -1)
-            bias_kwargs = {"position_bias": dense_bias}
-        if self.is_causal:
-            # Where the queries sit among the keys, for the causal mask and the position bias: a static cache holds
-            # more keys than the tokens seen so far. Bidirectional self-attention has no cache: its queries are its
-            # keys, which is what attention functions assume without an offset.
-            bias_kwargs["query_offset"] = past_seen_tokens
-        if query_segment_ids is not None:
-            bias_kwargs.update(query_segment_ids=query_segment_ids, key_segment_ids=key_segment_ids)
-
         attn_output, attn_weights = attention_interface(
             self,
             query_states,
@@ -377,7 +417,10 @@ class FlashT5Attention(nn.Module):
             dropout=0.0 if not self.training else self.dropout,
             scaling=self.scaling,
             is_causal=self.is_causal,
-            **bias_kwargs,
+            # A view over the batch: flex attention indexes the bias by batch.
+            position_bias=None
+            if position_bias is None
+            else position_bias.to(query_states.dtype).expand(query_states.shape[0], -1, -1, -1),
             **kwargs,
         )
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
@@ -724,6 +767,12 @@ def fat5_kernels_available() -> bool:
     )
 
 
+def fat5_attention_in_use(attention_interface: Callable) -> bool:
+    """Whether the attention function is the `fat5` Triton attention, which takes the position bias's parameters (it
+    says when, through `computes_position_bias`)."""
+    return hasattr(attention_interface, "computes_position_bias")
+
+
 class FlashT5Stack(FlashT5PreTrainedModel):
     """A stack of FAT5 blocks. Its token embedding is tied to the `shared` one of the model that owns it."""
 
@@ -998,10 +1047,6 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         "decoder.embed_tokens.weight": "shared.weight",
     }
     _tied_weights_keys = {**_shared_embedding_keys, "lm_head.weight": "shared.weight"}
-    # The Triton loss fused with the LM head, `(hidden_states, labels) -> loss`, set by `kernels.kernelize`: a training
-    # forward given labels then takes the loss from the decoder's last hidden states chunk by chunk, and no
-    # (tokens x vocab) logits exist (`logits` is None; evaluation computes them).
-    fused_head_loss = None
 
     def __init__(self, config: FlashT5Config):
         super().__init__(config)
@@ -1018,6 +1063,11 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         self.shared = new_embeddings
         for stack in (self.encoder, self.decoder):
             stack.set_input_embeddings(new_embeddings)
+
+    def logits_and_loss(self, sequence_output: torch.Tensor, labels: torch.Tensor | None):
+        """The LM head's logits and, given labels, their loss (`lm_loss`)."""
+        lm_logits = self.lm_head(sequence_output)
+        return lm_logits, self.lm_loss(lm_logits, labels) if labels is not None else None
 
     def lm_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy in fp32 over the labelled tokens (-100 is ignored), with label smoothing and z-loss."""
@@ -1121,11 +1171,7 @@ class FlashT5ForConditionalGeneration(FlashT5PreTrainedModel, GenerationMixin):
         # T5 v1.1, FLAN-T5, mT5 and FAT5 ones have their own head.
         if self.config.scale_decoder_outputs:
             sequence_output = sequence_output * (self.config.hidden_size**-0.5)
-        if labels is not None and self.training and self.fused_head_loss is not None:
-            lm_logits, loss = None, self.fused_head_loss(sequence_output, labels)
-        else:
-            lm_logits = self.lm_head(sequence_output)
-            loss = self.lm_loss(lm_logits, labels) if labels is not None else None
+        lm_logits, loss = self.logits_and_loss(sequence_output, labels)
         if loss is not None:
             loss = share_of_batch_loss(loss, labels, num_items_in_batch)
         return Seq2SeqLMOutput(

@@ -108,8 +108,14 @@ def kernelize(model):
                 z_loss=config.z_loss,
             )
 
-        def fused_head_loss(hidden_states, labels):
-            return linear_cross_entropy(
+        logits_and_loss = model.logits_and_loss
+
+        def fused_logits_and_loss(hidden_states, labels):
+            # A training forward given labels takes the loss from the decoder's last hidden states chunk by chunk: no
+            # (tokens x vocab) logits exist (`logits` is None; evaluation computes them).
+            if labels is None or not model.training:
+                return logits_and_loss(hidden_states, labels)
+            loss = linear_cross_entropy(
                 hidden_states,
                 model.get_output_embeddings().weight,
                 labels.to(hidden_states.device),
@@ -117,9 +123,10 @@ def kernelize(model):
                 label_smoothing=config.label_smoothing,
                 z_loss=config.z_loss,
             )
+            return None, loss
 
         model.lm_loss = fused_lm_loss
-        model.fused_head_loss = fused_head_loss
+        model.logits_and_loss = fused_logits_and_loss
     return model
 
 
