@@ -405,6 +405,15 @@ def test_tour_runs():
     assert "FlashT5ForQuestionAnswering" in result.stdout and "generated the same tokens" in result.stdout
 
 
+@pytest.mark.parametrize(
+    "argv", [["--cuda-graphs", "--no-compile"]] + ([] if torch.cuda.is_available() else [["--cuda-graphs"]])
+)
+def test_cuda_graphs_need_a_compiled_model_on_a_gpu(argv, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_finetune("--model", tiny_checkpoint, "--output-dir", out, *argv) == 2
+    assert "--cuda-graphs replays the compiled model" in capsys.readouterr().err and not out.exists()
+
+
 @pytest.mark.parametrize("head", ["qa", "seq2seq"])
 def test_training_packs_on_a_gpu_by_default_and_where_asked(head, tiny_checkpoint, tmp_path):
     """The README's recipe is the default on a GPU (packed training rows, compiled); on the CPU batches are padded
