@@ -83,6 +83,10 @@ def exported_tree(tmp_path_factory):
     result = exporter.export(tree)
     # the three modules transformers' common tests import and its sdist lacks (and the package __init__ files)
     fetch.install_stand_ins(tree / "tests")
+    # The pipeline tests' list of transformers' tiny Hub models, which the checkout has and the sdist lacks: FAT5 has
+    # none, so its pipeline tests skip, as they do in a checkout.
+    (tree / "tests" / "utils").mkdir(exist_ok=True)
+    (tree / "tests" / "utils" / "tiny_model_summary.json").write_text("{}")
     return tree, result
 
 
@@ -124,6 +128,13 @@ def test_export_writes_the_model_and_its_registrations(exported_tree):
     test_text = (tests_dir / "test_modeling_flash_t5.py").read_text()
     assert "from ...test_modeling_common import ModelTesterMixin, ids_tensor" in test_text
     assert "fat5" not in test_text and "transformers_tests" not in test_text
+    # As T5's tests, the classes with pipeline tasks take transformers' pipeline tests in-tree.
+    assert "from ...test_pipeline_mixin import PipelineTesterMixin\n" in test_text
+    assert (
+        "class FlashT5ModelTest(ModelTesterMixin, GenerationTesterMixin, PipelineTesterMixin, unittest.TestCase)"
+        in test_text
+    )
+    assert "class FlashT5EncoderOnlyModelTest(ModelTesterMixin, PipelineTesterMixin, unittest.TestCase)" in test_text
 
     # The reference checkpoints' renamings inline in conversion_mapping.py, their op beside the others, and no
     # import of the model folder there.

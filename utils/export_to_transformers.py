@@ -392,6 +392,37 @@ def _drop_fat5_attention_tests(text: str) -> tuple[str, list[str]]:
     return _delete_lines(text, spans), names
 
 
+def _add_pipeline_tester_mixin(text: str, filename: str) -> str:
+    """The test classes that declare `pipeline_model_mapping` take transformers' `PipelineTesterMixin` in-tree, as
+    T5's do. The plugin's tests cannot import it: its module reads files of a transformers checkout at import."""
+    tree = ast.parse(text)
+    classes = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.ClassDef)
+        and any(
+            isinstance(item, ast.Assign)
+            and any(getattr(t, "id", None) == "pipeline_model_mapping" for t in item.targets)
+            for item in node.body
+        )
+    ]
+    if not classes:
+        return text
+    lines = text.splitlines(keepends=True)
+    for node in classes:
+        header = lines[node.lineno - 1]
+        if header.count("unittest.TestCase)") != 1:
+            raise ExportError(f"{filename}:{node.lineno}: cannot add PipelineTesterMixin to `{header.strip()}`")
+        lines[node.lineno - 1] = header.replace("unittest.TestCase)", "PipelineTesterMixin, unittest.TestCase)")
+    text = "".join(lines)
+    anchor = re.search(r"^from \.\.\.test_modeling_common import .*\n", text, re.M)
+    if anchor is None:
+        raise ExportError(
+            f"{filename}: no `from ...test_modeling_common import` line to put the pipeline import after"
+        )
+    return text[: anchor.end()] + "from ...test_pipeline_mixin import PipelineTesterMixin\n" + text[anchor.end() :]
+
+
 def rewrite_test_file(text: str, filename: str) -> tuple[str, list[str]]:
     """In-tree version of one test module of tests/models/flash_t5; also returns the names of the tests left out."""
     text, dropped = _drop_fat5_attention_tests(text)
@@ -424,6 +455,7 @@ def rewrite_test_file(text: str, filename: str) -> tuple[str, list[str]]:
     if any(isinstance(n, ast.Import) and any(_is_fat5_module(a.name) for a in n.names) for n in ast.walk(tree)):
         raise ExportError(f"{filename} imports fat5 inside a function; the export cannot rewrite that")
     text = _remove_unused_import(text, "modeling_auto")
+    text = _add_pipeline_tester_mixin(text, filename)
     text = _rewrite_docstring_examples(text)
     text = _squeeze_blank_lines(text)
     if re.search(r"(?<![\w.])fat5\.\w", text):

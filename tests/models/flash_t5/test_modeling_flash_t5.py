@@ -131,6 +131,9 @@ for mapping_name, class_name in {
 
 class FlashT5ModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
     all_model_classes = (FlashT5Model, FlashT5ForConditionalGeneration)
+    # The tasks of transformers' pipeline tests, as T5's: the export adds their PipelineTesterMixin in-tree (its module
+    # reads files of a transformers checkout, which the plugin's tests do not have).
+    pipeline_model_mapping = {"feature-extraction": FlashT5Model}
     is_encoder_decoder = True
 
     @unittest.skip(
@@ -161,6 +164,12 @@ class FlashT5EncoderOnlyModelTest(ModelTesterMixin, unittest.TestCase):
         FlashT5ForTokenClassification,
         FlashT5ForQuestionAnswering,
     )
+    # FAT5's sequence classifier is encoder-only (see FlashT5ModelTest's mapping for why it is inert here).
+    pipeline_model_mapping = {
+        "text-classification": FlashT5ForSequenceClassification,
+        "token-classification": FlashT5ForTokenClassification,
+        "zero-shot": FlashT5ForSequenceClassification,
+    }
     is_encoder_decoder = False
 
     def _run_without_bare_encoder(self, test):
