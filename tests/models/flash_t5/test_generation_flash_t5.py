@@ -26,7 +26,7 @@ VOCAB = 64
 EOS = 1
 
 
-def tiny_model(position_encoding_type="t5", num_decoder_layers=2, attn_implementation="sdpa", seed=0):
+def tiny_model(position_encoding_type="t5", num_decoder_layers=2, attn_implementation="sdpa", seed=0, **config_kwargs):
     torch.manual_seed(seed)
     config = FlashT5Config(
         vocab_size=VOCAB,
@@ -44,6 +44,7 @@ def tiny_model(position_encoding_type="t5", num_decoder_layers=2, attn_implement
         position_encoding_type=position_encoding_type,
         rotary_fraction=0.5,
         attn_implementation=attn_implementation,
+        **config_kwargs,
     )
     return FlashT5ForConditionalGeneration(config).eval()
 
@@ -170,6 +171,16 @@ def test_max_new_tokens_and_eos():
         first_token = int(free[0, 1])
         stopped = model.generate(input_ids, max_new_tokens=6, do_sample=False, eos_token_id=first_token)
     assert stopped.tolist() == [free[0, :2].tolist()]
+
+
+def test_generate_without_input_ids_encodes_the_bos_token():
+    """With a BOS token in the config and no inputs, `generate` encodes that one token: as giving it explicitly.
+    (transformers' common `test_generate_without_input_ids`, which the plugin's stand-in generation tests lack.)"""
+    model = tiny_model(bos_token_id=0)
+    with torch.no_grad():
+        from_nothing = model.generate(max_new_tokens=5, do_sample=False)
+        from_bos = model.generate(torch.zeros(1, 1, dtype=torch.long), max_new_tokens=5, do_sample=False)
+    assert from_nothing.shape == (1, 6) and torch.equal(from_nothing, from_bos)
 
 
 @pytest.mark.parametrize("position_encoding_type", ["t5", "alibi", "rope", "fire"])

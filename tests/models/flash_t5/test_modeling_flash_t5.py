@@ -89,6 +89,8 @@ class FlashT5ModelTester:
             dropout_rate=self.dropout_rate,
             eos_token_id=self.eos_token_id,
             pad_token_id=self.pad_token_id,
+            # As T5's tester: T5 has no BOS token, and generating from no input starts the encoder at the pad id.
+            bos_token_id=self.pad_token_id,
             decoder_start_token_id=self.decoder_start_token_id,
             num_labels=self.num_labels,
             initializer_factor=self.initializer_factor,
