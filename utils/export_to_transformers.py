@@ -8,7 +8,10 @@ TRANSFORMERS_SRC is a checkout (or an unpacked sdist) of transformers >=5.17,<6.
 - `src/transformers/models/flash_t5/`: the configuration, the modular file and the modeling file generated from it,
   the config-conversion helpers the configuration reads, the T5 -> FAT5 conversion script and an in-tree lazy
   `__init__.py`. Imports of `transformers` become the relative imports in-tree code uses, and every `fat5`
-  reference is removed or rewritten. The Triton `kernels/` folder is NOT exported: in-tree, the model runs eager /
+  reference is removed or rewritten: the plugin's hooks (top-level functions and methods named `fat5_*`, and the
+  `if`s that call the functions) go, so the attention layers call the attention interface as in-tree models do, with
+  a dense position bias; the plugin's version shims become the names of the tree's version. The Triton `kernels/`
+  folder is NOT exported: in-tree, the model runs eager /
   sdpa / flex_attention in pure PyTorch, and the kernels are meant to ship as a Hub kernel loaded through the
   `kernels` library (the command says so);
 - the auto mappings (`models/auto/auto_mappings.py` or `configuration_auto.py` for the config, `modeling_auto.py` for
