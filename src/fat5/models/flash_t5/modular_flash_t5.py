@@ -254,17 +254,21 @@ class FlashT5Attention(nn.Module):
             return self.relative_attention_bias(buckets).permute([2, 0, 1]).unsqueeze(0)
         if self.position_encoding_type == "fire":
             return self.fire(query_length, key_length, past_seen_tokens, device=device)
+        bias = -self.alibi_head_slopes(device)[:, None, None] * distance.abs()
         # CODEPATH: symmetric ALiBi checkpoints, and the decoders of native asymmetric ones (causal: one side left).
         if not self.alibi_asymmetric:
-            slopes = torch.tensor(alibi_slopes(self.n_heads), dtype=torch.float32, device=device)
-            return (-slopes[:, None, None] * distance.abs()).unsqueeze(0)
-        # Asymmetric: the first half of the heads looks only backwards, the second half only forwards, each half with
-        # the slopes of a model of half as many heads.
+            return bias.unsqueeze(0)
+        # Asymmetric: the first half of the heads looks only backwards, the second half only forwards.
         half = self.n_heads // 2
-        half_slopes = torch.tensor(alibi_slopes(half), dtype=torch.float32, device=device).repeat(2)
         blocked = torch.cat([(distance > 0).expand(half, -1, -1), (distance < 0).expand(half, -1, -1)])
-        bias = -half_slopes[:, None, None] * distance.abs()
         return bias.masked_fill(blocked, float("-inf")).unsqueeze(0)
+
+    def alibi_head_slopes(self, device) -> torch.Tensor:
+        """(heads,) ALiBi slopes in fp32; asymmetric ALiBi gives each half of the heads the slopes of a model of half
+        as many heads."""
+        heads = self.n_heads // 2 if self.alibi_asymmetric else self.n_heads
+        slopes = torch.tensor(alibi_slopes(heads), dtype=torch.float32, device=device)
+        return slopes.repeat(self.n_heads // heads)
 
     def fat5_attention(
         self,
@@ -283,17 +287,18 @@ class FlashT5Attention(nn.Module):
         ALiBi slopes, never a (query x key) tensor. It also takes the queries' offset among the keys of a cache.
         """
         query_length, key_length = query_states.shape[-2], key_states.shape[-2]
-        in_kernel = attention_interface.computes_position_bias(query_length, key_length)
-        if position_bias is None and self.has_position_bias and in_kernel and self.position_encoding_type == "t5":
-            # A copy, not the parameter: the later layers read it after this layer's forward, when FSDP has freed the
-            # parameters it gathered for this layer.
-            position_bias = self.relative_attention_bias.weight.clone()
-        elif position_bias is None and self.has_position_bias and in_kernel and self.position_encoding_type == "alibi":
-            heads = self.n_heads // 2 if self.alibi_asymmetric else self.n_heads
-            position_bias = torch.tensor(alibi_slopes(heads), dtype=torch.float32, device=query_states.device)
-            position_bias = position_bias.repeat(self.n_heads // heads)
-        elif position_bias is None and self.has_position_bias:
-            position_bias = self.compute_position_bias(query_length, key_length, past_seen_tokens, query_states.device)
+        if position_bias is None and self.has_position_bias:
+            in_kernel = attention_interface.computes_position_bias(query_length, key_length)
+            if in_kernel and self.position_encoding_type == "t5":
+                # A copy, not the parameter: the later layers read it after this layer's forward, when FSDP has freed
+                # the parameters it gathered for this layer.
+                position_bias = self.relative_attention_bias.weight.clone()
+            elif in_kernel and self.position_encoding_type == "alibi":
+                position_bias = self.alibi_head_slopes(query_states.device)
+            else:
+                position_bias = self.compute_position_bias(
+                    query_length, key_length, past_seen_tokens, query_states.device
+                )
 
         bias_kwargs = {"position_bias": None}
         if position_bias is not None and position_bias.dim() == 2:
