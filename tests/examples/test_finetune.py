@@ -414,6 +414,24 @@ def test_cuda_graphs_need_a_compiled_model_on_a_gpu(argv, tiny_checkpoint, tmp_p
     assert "--cuda-graphs replays the compiled model" in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs replay on a CUDA GPU only")
+@pytest.mark.parametrize("head", ["qa", "seq-cls", "token-cls", "seq2seq"])
+def test_cuda_graphs_train_evaluate_and_generate_for_every_head(head, tiny_checkpoint, tmp_path):
+    """`--cuda-graphs` end to end: packed training steps replayed from CUDA graphs, then evaluation (padded batches,
+    and generation for seq2seq) through the same compiled model, the save and the fresh-process reload."""
+    out = tmp_path / "run"
+    assert (
+        run_finetune("--head", head, "--model", tiny_checkpoint, "--output-dir", out, "--bf16", "--cuda-graphs") == 0
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["cuda_graphs"] and results["compiled"] and results["packed"]
+    assert [step for step, _ in results["loss_curve"]] == [1, 2, 3, 4]
+    assert all(math.isfinite(loss) and loss > 0 for _, loss in results["loss_curve"])
+    assert set(results["before"]) == set(results["after"]) and results["reload"]["passed"]
+    predictions = [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 12 and all(p is not None for p in predictions)
+
+
 @pytest.mark.parametrize("head", ["qa", "seq2seq"])
 def test_training_packs_on_a_gpu_by_default_and_where_asked(head, tiny_checkpoint, tmp_path):
     """The README's recipe is the default on a GPU (packed training rows, compiled); on the CPU batches are padded
