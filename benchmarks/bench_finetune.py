@@ -16,8 +16,9 @@ compilation); FAT5 padded to the longest (`fat5` attention on the GPU), and with
 `fat5.DataCollatorWithPacking` rows of PACKED_ROWS tokens), `_compiled` (`torch_compile=True`), `_cudagraphs`
 (compiled with `torch_compile_mode="reduce-overhead"`: each step's kernels replayed from CUDA graphs, upstream with
 the fixed padding of its compiled run), `_kernelized` (`fat5.kernelize`: the LM head fused into the loss). Each variant reports samples (examples)/s over the steps after
-`--warmup-steps` (wall time synchronised at both ends, data loading included), peak GPU memory, and the mean training loss of its
-last logged steps. `--smoke` runs tiny shapes on the CPU (with TRITON_INTERPRET=1 for the kernels): a check of the
+`--warmup-steps` (wall time synchronised at both ends, data loading included), the warm-up's wall time (compilation
+included), the slowest timed step (a compilation or a CUDA-graph recording in the timed window shows there), peak GPU
+memory, and the mean training loss of its last logged steps. `--smoke` runs tiny shapes on the CPU (with TRITON_INTERPRET=1 for the kernels): a check of the
 script, not a measurement.
 """
 
@@ -120,23 +121,35 @@ class PaddingCollator:
 class ThroughputCallback(TrainerCallback):
     """Wall time from the end of the warm-up to the end of the last step, synchronised with the GPU at those two
     points only: in between, the host runs ahead of the GPU as it does in a user's run (Trainer itself syncs only to
-    log)."""
+    log). Also the warm-up's wall time (compilation included) and the host's time between step ends in the timed
+    window, where a compilation or a CUDA-graph recording shows as one long step."""
 
     def __init__(self, warmup_steps: int):
         self.warmup_steps = warmup_steps
         self.start = None
         self.timed_steps = 0
+        self.step_ends = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.train_begin = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step > self.warmup_steps:
+            self.step_ends.append(time.perf_counter())
         if state.global_step not in (self.warmup_steps, state.max_steps):
             return
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         if state.global_step == self.warmup_steps:
             self.start = time.perf_counter()
+            self.warmup_seconds = self.start - self.train_begin
         else:
             self.timed_steps = state.global_step - self.warmup_steps
             self.elapsed = time.perf_counter() - self.start
+
+    def slowest_timed_step(self) -> float:
+        ends = [self.start, *self.step_ends]
+        return max(later - earlier for earlier, later in zip(ends, ends[1:]))
 
 
 def build_model(job: str, upstream: bool, dropout: float, device: str):
@@ -208,6 +221,9 @@ def run_variant(job: str, variant: str, args) -> dict:
         "variant": variant,
         "attn_implementation": model.config._attn_implementation,
         "samples_per_second": callback.timed_steps * BATCH_SIZE / callback.elapsed,
+        "warmup_seconds": callback.warmup_seconds,
+        "slowest_timed_step_seconds": callback.slowest_timed_step(),
+        "mean_timed_step_seconds": callback.elapsed / callback.timed_steps,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if args.device == "cuda" else 0.0,
         # None when the run was shorter than the logging interval: its speed still counts.
         "final_loss": sum(losses[-2:]) / len(losses[-2:]) if losses else None,
@@ -294,7 +310,8 @@ def main():
             ratio = f"{row['samples_per_second'] / base:.2f}x" if base else "-"
             print(
                 f"{job:8s} {variant:18s} {row['samples_per_second']:8.1f} samples/s {ratio:>7s} "
-                f"{row['peak_memory_gb']:6.1f} GB  loss "
+                f"{row['peak_memory_gb']:6.1f} GB  warm-up {row['warmup_seconds']:6.1f} s  slowest timed step "
+                f"{row['slowest_timed_step_seconds']:6.3f} s  loss "
                 + ("-" if row["final_loss"] is None else f"{row['final_loss']:.3f}")
             )
 
