@@ -493,9 +493,9 @@ RELOAD_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
 import finetune
-head, folder, work = sys.argv[2], sys.argv[3], sys.argv[4]
+head, folder, work, device = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 saved = torch.load(work + "/reload_inputs.pt", weights_only=False)
-model = finetune.AUTO_CLASSES[head].from_pretrained(folder)
+model = finetune.AUTO_CLASSES[head].from_pretrained(folder).to(device)
 tokenizer = finetune.AutoTokenizer.from_pretrained(folder)
 collator = finetune.DataCollatorWithPadding(tokenizer)
 outputs = finetune.raw_outputs(head, model, saved["features"], collator, generation_kwargs=saved["generation"])
@@ -533,15 +533,21 @@ def check_reload(head, model, folder, task, workdir, generation_kwargs) -> dict:
     features = task.eval_features[: task.args.reload_check_examples]
     here = raw_outputs(head, model, features, collator, generation_kwargs=generation_kwargs)
     torch.save({"features": features, "generation": generation_kwargs}, Path(workdir) / "reload_inputs.pt")
-    subprocess.run(
-        [sys.executable, "-c", RELOAD_SCRIPT, str(EXAMPLES_DIR), head, str(folder), str(workdir)],
-        check=True,
+    # On the trained model's device: the same kernels then compute both outputs.
+    device = str(next(model.parameters()).device)
+    reload = subprocess.run(
+        [sys.executable, "-c", RELOAD_SCRIPT, str(EXAMPLES_DIR), head, str(folder), str(workdir), device],
+        stderr=subprocess.PIPE,
+        text=True,
         env={
             **os.environ,
             "TOKENIZERS_PARALLELISM": "false",
             **({"TRANSFORMERS_VERBOSITY": "error"} if task.args.quiet else {}),
         },
     )
+    if reload.returncode != 0:
+        # A failed check must not cost the run: the caller keeps the saved model and reports this.
+        return {"examples": len(features), "error": reload.stderr.strip()[-2000:], "passed": False}
     there = torch.load(Path(workdir) / "reload_outputs.pt", weights_only=False)
     # decode zips with the evaluation set: the predictions of the first len(features) examples.
     trained, reloaded = task.decode(here), task.decode(there["outputs"])
@@ -564,6 +570,11 @@ def check_reload(head, model, folder, task, workdir, generation_kwargs) -> dict:
 
 
 def describe_reload_failure(reload: dict, output_dir) -> str:
+    if "error" in reload:
+        return (
+            f"reloading the model saved in {output_dir}/model in a fresh process failed:\n{reload['error']}\n"
+            f"the run is kept in {output_dir}"
+        )
     if reload["compared"] == "logits":
         how = (
             f"the logits by up to {reload['max_abs_diff']:.3g}, more than the {reload['tolerance']:.3g} that "

@@ -234,6 +234,23 @@ def test_a_failed_reload_check_keeps_the_run_and_says_what_differs(tiny_checkpoi
     assert sorted(os.listdir(tmp_path)) == ["run"]
 
 
+def test_a_reload_that_crashes_keeps_the_run_and_shows_the_error(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """The fresh process failing (here it raises before loading) is a failed check, not a lost run: exit status 1,
+    the process's error shown, and the trained model kept."""
+    crashing = finetune.RELOAD_SCRIPT.replace("model = ", "raise RuntimeError('the reload broke')\nmodel = ", 1)
+    assert crashing != finetune.RELOAD_SCRIPT
+    monkeypatch.setattr(finetune, "RELOAD_SCRIPT", crashing)
+    out = tmp_path / "run"
+    assert run_finetune("--head", "qa", "--model", tiny_checkpoint, "--output-dir", out) == 1
+    err = capsys.readouterr().err
+    assert "in a fresh process failed" in err and "RuntimeError: the reload broke" in err
+    assert f"the run is kept in {out}" in err
+    assert {"config.json", "model.safetensors"} <= set(os.listdir(out / "model"))
+    reload = json.loads((out / "results.json").read_text())["reload"]
+    assert not reload["passed"] and "the reload broke" in reload["error"]
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
 def test_gradient_accumulation_matches_one_batch_of_the_same_size(tiny_checkpoint, tmp_path):
     """Two accumulated batches of 4 are one optimizer step over the 8 examples of one batch of 8: the same first-step
     loss (each batch's loss is its share of the mean over both, through Trainer's token count)."""
