@@ -463,9 +463,35 @@ def load_tokenizer(path):
 
 
 @torch.no_grad()
+@contextlib.contextmanager
+def ieee_float32_matmuls():
+    """fp32 matrix products in full fp32 within the block. `TrainingArguments(torch_compile=True)` turns TF32 on for the
+    whole process, and a fresh process computes without it: TF32's 10-bit mantissa alone set the reload check's two
+    sides 1e-3 apart on a GPU."""
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):  # torch < 2.9: the legacy flag
+        previous, matmul.allow_tf32 = matmul.allow_tf32, False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = previous
+        return
+    previous, matmul.fp32_precision = matmul.fp32_precision, "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = previous
+
+
 def raw_outputs(head, model, features, collator, batch_size=32, generation_kwargs=None) -> list:
-    """The model's outputs on `features`, one per example, by a plain loop (same code in both processes)."""
+    """The model's outputs on `features`, one per example, by a plain loop in full fp32 products (same code in both
+    processes)."""
     model.eval()
+    with ieee_float32_matmuls():
+        return batched_outputs(head, model, features, collator, batch_size, generation_kwargs)
+
+
+def batched_outputs(head, model, features, collator, batch_size, generation_kwargs) -> list:
     device = next(model.parameters()).device
     outputs = []
     for i in range(0, len(features), batch_size):

@@ -251,6 +251,42 @@ def test_a_reload_that_crashes_keeps_the_run_and_shows_the_error(tiny_checkpoint
     assert sorted(os.listdir(tmp_path)) == ["run"]
 
 
+def test_reload_check_computes_in_full_fp32_where_trainer_turned_tf32_on():
+    """`TrainingArguments(torch_compile=True)` turns TF32 on for the process; the reload check's outputs are computed
+    without it on both sides (with it, a GPU run failed its check by TF32 rounding), and the setting is restored."""
+    from transformers.utils.import_utils import enable_tf32
+
+    class RecordsPrecision(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.seen = []
+
+        def forward(self, input_ids, attention_mask):
+            self.seen.append(torch.backends.cuda.matmul.fp32_precision)
+            return transformers.modeling_outputs.SequenceClassifierOutput(logits=input_ids.float())
+
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    try:
+        enable_tf32(True)
+        assert matmul.fp32_precision == "tf32"
+        model = RecordsPrecision()
+        features = [{"input_ids": torch.tensor([3, 4]), "attention_mask": torch.tensor([1, 1])}] * 3
+        outputs = finetune.raw_outputs(
+            "seq-cls",
+            model,
+            features,
+            lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]},
+            batch_size=2,
+        )
+        assert model.seen == ["ieee", "ieee"] and len(outputs) == 3
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        torch.backends.fp32_precision = "none"
+        matmul.fp32_precision = before
+
+
 def test_gradient_accumulation_matches_one_batch_of_the_same_size(tiny_checkpoint, tmp_path):
     """Two accumulated batches of 4 are one optimizer step over the 8 examples of one batch of 8: the same first-step
     loss (each batch's loss is its share of the mean over both, through Trainer's token count)."""
