@@ -57,6 +57,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -555,7 +556,15 @@ def reload_tolerance(head, dtype: torch.dtype, outputs) -> float:
 
 def check_reload(head, model, folder, task, workdir, generation_kwargs) -> dict:
     """Reloads `folder` in a fresh process through the Auto class of `head` and compares its outputs with `model`'s:
-    the predictions, and the logits up to the rounding of the model's dtype. The verdict is `passed` in the result."""
+    the predictions, and the logits up to the rounding of the model's dtype. The verdict is `passed` in the result.
+    A check that cannot run (the fresh process fails, say) fails with its error under `error`."""
+    try:
+        return compare_with_fresh_process(head, model, folder, task, workdir, generation_kwargs)
+    except Exception:  # a broken check must not cost the trained run: the caller keeps it and reports this
+        return {"examples": task.args.reload_check_examples, "error": traceback.format_exc()[-3000:], "passed": False}
+
+
+def compare_with_fresh_process(head, model, folder, task, workdir, generation_kwargs) -> dict:
     collator = DataCollatorWithPadding(task.tokenizer)
     features = task.eval_features[: task.args.reload_check_examples]
     here = raw_outputs(head, model, features, collator, generation_kwargs=generation_kwargs)
@@ -573,8 +582,9 @@ def check_reload(head, model, folder, task, workdir, generation_kwargs) -> dict:
         },
     )
     if reload.returncode != 0:
-        # A failed check must not cost the run: the caller keeps the saved model and reports this.
-        return {"examples": len(features), "error": reload.stderr.strip()[-2000:], "passed": False}
+        raise RuntimeError(
+            f"the fresh process exited with status {reload.returncode}:\n{reload.stderr.strip()[-2000:]}"
+        )
     there = torch.load(Path(workdir) / "reload_outputs.pt", weights_only=False)
     # decode zips with the evaluation set: the predictions of the first len(features) examples.
     trained, reloaded = task.decode(here), task.decode(there["outputs"])
@@ -599,7 +609,8 @@ def check_reload(head, model, folder, task, workdir, generation_kwargs) -> dict:
 def describe_reload_failure(reload: dict, output_dir) -> str:
     if "error" in reload:
         return (
-            f"reloading the model saved in {output_dir}/model in a fresh process failed:\n{reload['error']}\n"
+            f"the check that the model saved in {output_dir}/model reloads as the trained one could not run:\n"
+            f"{reload['error']}\n"
             f"the run is kept in {output_dir}"
         )
     if reload["compared"] == "logits":
@@ -880,7 +891,7 @@ def finetune_and_save(args) -> dict:
             # Otherwise the trained model, without the autocast that mixed precision wrapped its forward in: the
             # fresh process computes in the saved dtype, and so must this one for the two to compare.
             if trainer.is_fsdp_enabled:
-                here = AUTO_CLASSES[head].from_pretrained(model_dir)
+                here = AUTO_CLASSES[head].from_pretrained(model_dir).to(trainer.args.device)
             else:
                 here = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
             results["reload"] = check_reload(head, here, model_dir, task, workdir, generation_kwargs)

@@ -234,16 +234,27 @@ def test_a_failed_reload_check_keeps_the_run_and_says_what_differs(tiny_checkpoi
     assert sorted(os.listdir(tmp_path)) == ["run"]
 
 
-def test_a_reload_that_crashes_keeps_the_run_and_shows_the_error(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    """The fresh process failing (here it raises before loading) is a failed check, not a lost run: exit status 1,
-    the process's error shown, and the trained model kept."""
-    crashing = finetune.RELOAD_SCRIPT.replace("model = ", "raise RuntimeError('the reload broke')\nmodel = ", 1)
-    assert crashing != finetune.RELOAD_SCRIPT
-    monkeypatch.setattr(finetune, "RELOAD_SCRIPT", crashing)
+@pytest.mark.parametrize("where", ["fresh process", "this process"])
+def test_a_reload_check_that_crashes_keeps_the_run_and_shows_the_error(
+    where, tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """The check failing to run (here the fresh process raises before loading, or the comparison raises) is a failed
+    check, not a lost run: exit status 1, the error shown, and the trained model kept."""
+    if where == "fresh process":
+        crashing = finetune.RELOAD_SCRIPT.replace("model = ", "raise RuntimeError('the reload broke')\nmodel = ", 1)
+        assert crashing != finetune.RELOAD_SCRIPT
+        monkeypatch.setattr(finetune, "RELOAD_SCRIPT", crashing)
+    else:
+
+        def compare_outputs(a, b):
+            raise RuntimeError("the reload broke")
+
+        monkeypatch.setattr(finetune, "compare_outputs", compare_outputs)
     out = tmp_path / "run"
     assert run_finetune("--head", "qa", "--model", tiny_checkpoint, "--output-dir", out) == 1
     err = capsys.readouterr().err
-    assert "in a fresh process failed" in err and "RuntimeError: the reload broke" in err
+    assert "reloads as the trained one could not run" in err and "RuntimeError: the reload broke" in err
+    assert ("exited with status 1" in err) == (where == "fresh process")
     assert f"the run is kept in {out}" in err
     assert {"config.json", "model.safetensors"} <= set(os.listdir(out / "model"))
     reload = json.loads((out / "results.json").read_text())["reload"]
