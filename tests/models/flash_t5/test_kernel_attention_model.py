@@ -89,6 +89,28 @@ def test_training_step_matches_sdpa(encoding):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5, msg=name)
 
 
+def test_cpu_inputs_without_the_interpreter_run_sdpa_and_say_so(monkeypatch):
+    """A model that got `fat5` by default on a GPU machine may run on the CPU before it moves there: the call computes
+    the same function through SDPA (a dense bias from the same parameters) and says so once, rather than failing."""
+    from fat5.models.flash_t5.kernels import attention
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    warnings = []
+    monkeypatch.setattr(attention.logger, "warning_once", warnings.append)
+    reference, kernel = model_pair()
+    reference, kernel = reference.cpu(), kernel.cpu()
+    inputs = {name: tensor.cpu() for name, tensor in batch().items()}
+    expected, actual = reference(**inputs), kernel(**inputs)
+    torch.testing.assert_close(actual.logits, expected.logits, rtol=1e-5, atol=1e-6)
+    actual.loss.backward()
+    expected.loss.backward()
+    torch.testing.assert_close(
+        kernel.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.grad,
+        reference.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.grad,
+    )
+    assert warnings and all("runs SDPA" in w and "inputs on cpu" in w for w in warnings)
+
+
 @pytest.fixture
 def one_process_group():
     """A process group of one rank, enough for FSDP2 to shard, gather and free every layer's parameters."""

@@ -26,11 +26,6 @@ def fat5_attention_forward(module, query, key, value, attention_mask, **kwargs):
         raise ImportError(
             "attn_implementation='fat5' needs Triton (`pip install triton`); use 'sdpa' on machines without it."
         )
-    if not kernels_can_run(query.device):
-        raise RuntimeError(
-            f"attn_implementation='fat5' runs Triton kernels on a CUDA GPU, but the inputs are on {query.device}; "
-            "use 'sdpa' (or set TRITON_INTERPRET=1 to run the kernels slowly through Triton's CPU interpreter)."
-        )
     if kwargs.get("output_attentions", False):
         logger.warning_once(
             "`fat5` attention does not compute attention weights (`output_attentions=True`): the returned attentions "

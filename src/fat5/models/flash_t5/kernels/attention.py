@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from transformers.utils import logging
 
 from ..modeling_flash_t5 import relative_position_bucket
-from .utils import fix_interpreter_loop_bounds, interpreting, is_decode_step, kernel_op
+from .utils import fix_interpreter_loop_bounds, interpreting, is_decode_step, kernel_op, kernels_can_run
 
 
 logger = logging.get_logger(__name__)
@@ -1526,6 +1526,9 @@ def _sdpa_with_bias(query, key, value, key_mask, attention_mask, bias, scale, ca
 def kernel_refusal(query, key, value, attention_mask, dropout) -> str | None:
     """Why the kernels do not take this call (then SDPA runs with a bias built for it), or None. Attention dropout
     bounds no length: its Philox counter holds a score's key group and query in two words (see `_dropout_keep`)."""
+    if not kernels_can_run(query.device):
+        # A model loaded where a GPU exists gets `fat5` by default, and may still run on the CPU before it moves.
+        return f"inputs on {query.device} (the kernels run on CUDA GPUs, or on the CPU under TRITON_INTERPRET=1)"
     if query.shape[-1] > MAX_HEAD_DIM:
         return f"head dim {query.shape[-1]} > {MAX_HEAD_DIM}"
     if query.dtype not in KERNEL_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
