@@ -15,11 +15,13 @@ Variants: upstream eager with rows padded to the longest in the batch (a multipl
 compilation); FAT5 padded to the longest (`fat5` attention on the GPU), and with `_packed` (the README's recipe:
 `fat5.DataCollatorWithPacking` rows of PACKED_ROWS tokens), `_compiled` (`torch_compile=True`), `_cudagraphs`
 (compiled with `torch_compile_mode="reduce-overhead"`: each step's kernels replayed from CUDA graphs, upstream with
-the fixed padding of its compiled run), `_kernelized` (`fat5.kernelize`: the LM head fused into the loss). Each variant reports samples (examples)/s over the steps after
-`--warmup-steps` (wall time synchronised at both ends, data loading included), the warm-up's wall time (compilation
-included), the slowest timed step (a compilation or a CUDA-graph recording in the timed window shows there), peak GPU
-memory, and the mean training loss of its last logged steps. `--smoke` runs tiny shapes on the CPU (with TRITON_INTERPRET=1 for the kernels): a check of the
-script, not a measurement.
+the fixed padding of its compiled run), `_kernelized` (`fat5.kernelize`: the LM head fused into the loss),
+`_dynamicbatch` (the batch dimension of every input marked dynamic before the compiled model sees it: packed
+batches' varying number of rows then compile once instead of twice). Each variant reports samples (examples)/s over
+the steps after `--warmup-steps` (wall time synchronised at both ends, data loading included), the warm-up's wall time
+(compilation included), the slowest timed step (a compilation or a CUDA-graph recording in the timed window shows
+there), peak GPU memory, and the mean training loss of its last logged steps. `--smoke` runs tiny shapes on the CPU
+(with TRITON_INTERPRET=1 for the kernels): a check of the script, not a measurement.
 """
 
 import argparse
@@ -152,6 +154,18 @@ class ThroughputCallback(TrainerCallback):
         return max(later - earlier for earlier, later in zip(ends, ends[1:]))
 
 
+class DynamicBatchTrainer(Trainer):
+    """Marks dimension 0 of every input tensor dynamic: torch.compile's first graph then serves every number of packed
+    rows, where it would otherwise compile the first shape, then again with the number of rows dynamic."""
+
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        for value in inputs.values():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                torch._dynamo.maybe_mark_dynamic(value, 0)
+        return inputs
+
+
 def build_model(job: str, upstream: bool, dropout: float, device: str):
     shape = dict(JOBS[job][0], dropout_rate=dropout, decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS)
     torch.manual_seed(0)
@@ -207,7 +221,7 @@ def run_variant(job: str, variant: str, args) -> dict:
         )
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        trainer = Trainer(
+        trainer = (DynamicBatchTrainer if "dynamicbatch" in options else Trainer)(
             model=model,
             args=training_args,
             train_dataset=examples,
@@ -256,11 +270,13 @@ VARIANTS = (
 
 def variant_name(name: str) -> str:
     base, *options = name.split("_")
-    allowed = {"compiled", "cudagraphs"} if base == "upstream" else {"packed", "compiled", "cudagraphs", "kernelized"}
+    allowed = {"compiled", "cudagraphs"}
+    if base == "fat5":
+        allowed |= {"packed", "kernelized", "dynamicbatch"}
     if base not in ("upstream", "fat5") or not set(options) <= allowed or len(set(options)) != len(options):
         raise argparse.ArgumentTypeError(
-            f"{name!r}: 'upstream' or 'fat5', then any of _packed, _compiled, _cudagraphs, _kernelized (upstream: "
-            "_compiled or _cudagraphs)"
+            f"{name!r}: 'upstream' or 'fat5', then any of _packed, _compiled, _cudagraphs, _kernelized, _dynamicbatch "
+            "(upstream: _compiled or _cudagraphs)"
         )
     return name
 
