@@ -464,7 +464,6 @@ def load_tokenizer(path):
     return tokenizer
 
 
-@torch.no_grad()
 @contextlib.contextmanager
 def ieee_float32_matmuls():
     """fp32 matrix products in full fp32 within the block. `TrainingArguments(torch_compile=True)` turns TF32 on for the
@@ -485,15 +484,12 @@ def ieee_float32_matmuls():
         matmul.fp32_precision = previous
 
 
+@torch.no_grad()
+@ieee_float32_matmuls()
 def raw_outputs(head, model, features, collator, batch_size=32, generation_kwargs=None) -> list:
     """The model's outputs on `features`, one per example, by a plain loop in full fp32 products (same code in both
     processes)."""
     model.eval()
-    with ieee_float32_matmuls():
-        return batched_outputs(head, model, features, collator, batch_size, generation_kwargs)
-
-
-def batched_outputs(head, model, features, collator, batch_size, generation_kwargs) -> list:
     device = next(model.parameters()).device
     outputs = []
     for i in range(0, len(features), batch_size):

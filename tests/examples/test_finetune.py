@@ -264,7 +264,8 @@ def test_a_reload_check_that_crashes_keeps_the_run_and_shows_the_error(
 
 def test_reload_check_computes_in_full_fp32_where_trainer_turned_tf32_on():
     """`TrainingArguments(torch_compile=True)` turns TF32 on for the process; the reload check's outputs are computed
-    without it on both sides (with it, a GPU run failed its check by TF32 rounding), and the setting is restored."""
+    without it on both sides (with it, a GPU run failed its check by TF32 rounding), without autograd, and the setting
+    is restored."""
     from transformers.utils.import_utils import enable_tf32
 
     class RecordsPrecision(torch.nn.Module):
@@ -274,7 +275,7 @@ def test_reload_check_computes_in_full_fp32_where_trainer_turned_tf32_on():
             self.seen = []
 
         def forward(self, input_ids, attention_mask):
-            self.seen.append(torch.backends.cuda.matmul.fp32_precision)
+            self.seen.append((torch.backends.cuda.matmul.fp32_precision, torch.is_grad_enabled()))
             return transformers.modeling_outputs.SequenceClassifierOutput(logits=input_ids.float())
 
     matmul = torch.backends.cuda.matmul
@@ -291,7 +292,7 @@ def test_reload_check_computes_in_full_fp32_where_trainer_turned_tf32_on():
             lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]},
             batch_size=2,
         )
-        assert model.seen == ["ieee", "ieee"] and len(outputs) == 3
+        assert model.seen == [("ieee", False), ("ieee", False)] and len(outputs) == 3
         assert matmul.fp32_precision == "tf32"
     finally:
         torch.backends.fp32_precision = "none"
