@@ -470,18 +470,14 @@ def ieee_float32_matmuls():
     whole process, and a fresh process computes without it: TF32's 10-bit mantissa alone set the reload check's two
     sides 1e-3 apart on a GPU."""
     matmul = torch.backends.cuda.matmul
-    if not hasattr(matmul, "fp32_precision"):  # torch < 2.9: the legacy flag
-        previous, matmul.allow_tf32 = matmul.allow_tf32, False
-        try:
-            yield
-        finally:
-            matmul.allow_tf32 = previous
-        return
-    previous, matmul.fp32_precision = matmul.fp32_precision, "ieee"
+    # torch >= 2.9 names the precision; older versions have the legacy flag only.
+    setting, full_fp32 = ("fp32_precision", "ieee") if hasattr(matmul, "fp32_precision") else ("allow_tf32", False)
+    previous = getattr(matmul, setting)
+    setattr(matmul, setting, full_fp32)
     try:
         yield
     finally:
-        matmul.fp32_precision = previous
+        setattr(matmul, setting, previous)
 
 
 @torch.no_grad()
@@ -557,7 +553,7 @@ def check_reload(head, model, folder, task, workdir, generation_kwargs) -> dict:
     try:
         return compare_with_fresh_process(head, model, folder, task, workdir, generation_kwargs)
     except Exception:  # a broken check must not cost the trained run: the caller keeps it and reports this
-        return {"examples": task.args.reload_check_examples, "error": traceback.format_exc()[-3000:], "passed": False}
+        return {"error": traceback.format_exc()[-3000:], "passed": False}
 
 
 def compare_with_fresh_process(head, model, folder, task, workdir, generation_kwargs) -> dict:
