@@ -132,6 +132,17 @@ def test_collator_packs_in_order_into_full_rows():
     assert batch["labels"][2].tolist() == [7] * 6 + [-100] * 10
 
 
+def test_collator_fills_an_earlier_row_first():
+    # Closing rows in turn would give three (30 | 20 + 8 | 15); first fit puts the 8 after the 30, the 15 after the 20.
+    features = [{"input_ids": [5] * length, "labels": [7] * 2} for length in (30, 20, 8, 15)]
+    batch = DataCollatorWithPacking(max_length=40, decoder_max_length=16)(features)
+    assert batch["segment_ids"].tolist() == [[1] * 30 + [2] * 8 + [0] * 2, [1] * 20 + [2] * 15 + [0] * 5]
+    # A row full of targets is passed over for the next one with room.
+    features = [{"input_ids": [5], "labels": [7] * targets} for targets in (10, 10, 6)]
+    batch = DataCollatorWithPacking(max_length=40, decoder_max_length=16)(features)
+    assert batch["decoder_segment_ids"].tolist() == [[1] * 10 + [2] * 6, [1] * 10 + [0] * 6]
+
+
 def test_collator_places_per_example_labels_by_segment():
     features = [
         {"input_ids": [5] * 4, "start_positions": 1, "end_positions": 2},
