@@ -18,9 +18,10 @@ compilation); FAT5 padded to the longest (`fat5` attention on the GPU), and with
 the fixed padding of its compiled run), `_kernelized` (`fat5.kernelize`: the LM head fused into the loss),
 `_dynamicbatch` (the batch dimension of every input marked dynamic before the compiled model sees it: packed
 batches' varying number of rows then compile once instead of twice). Each variant reports samples (examples)/s over
-the steps after `--warmup-steps` (wall time synchronised at both ends, data loading included), the warm-up's wall time
-(compilation included), the slowest timed step (a compilation or a CUDA-graph recording in the timed window shows
-there), peak GPU memory, and the mean training loss of its last logged steps; `--profile` adds where a timed
+the steps after `--warmup-steps` (wall time synchronised at both ends, data loading included; the timed steps repeat
+the warm-up's batches in order, so that no compilation nor CUDA-graph recording falls among them), the warm-up's wall
+time (compilation included), the slowest timed step (a compilation or a CUDA-graph recording in the timed window
+shows there), peak GPU memory, and the mean training loss of its last logged steps; `--profile` adds where a timed
 step's time goes. `--smoke` runs tiny shapes on the CPU (with TRITON_INTERPRET=1 for the kernels): a check of the
 script, not a measurement.
 """
@@ -226,7 +227,12 @@ def run_variant(job: str, variant: str, args) -> dict:
         fat5.kernelize(model)
     collator = job_collator(job, packed="packed" in options, padded_to_maximum=upstream and compiled)
     steps = args.warmup_steps + args.steps
-    examples = synthetic_examples(job, steps * BATCH_SIZE)
+    # The timed steps repeat the warm-up's batches, in order (sequential sampling): every batch shape is compiled,
+    # and every CUDA graph recorded, before the timing starts. Throughput does not depend on the token values.
+    warmup_examples = synthetic_examples(job, args.warmup_steps * BATCH_SIZE)
+    examples = warmup_examples + [
+        warmup_examples[index % len(warmup_examples)] for index in range(args.steps * BATCH_SIZE)
+    ]
     callback = ThroughputCallback(args.warmup_steps, profile=args.profile)
     with tempfile.TemporaryDirectory() as output_dir:
         training_args = TrainingArguments(
@@ -248,6 +254,7 @@ def run_variant(job: str, variant: str, args) -> dict:
             dataloader_num_workers=2,
             remove_unused_columns=False,
             seed=0,
+            train_sampling_strategy="sequential",
             use_cpu=args.device == "cpu",
         )
         if args.device == "cuda":
