@@ -35,12 +35,10 @@ On a GPU, training is fast by default, the recipe of the README: the training ba
 (`fat5.DataCollatorWithPacking`: the examples of a batch in rows of `--pack-length` tokens, no padding computed, one
 shape) and the model is compiled (`TrainingArguments(torch_compile=True)`). `--no-pack` pads each batch to its longest
 example instead, `--no-compile` trains uncompiled, and `--cuda-graphs` replays each compiled step from CUDA graphs
-(`torch_compile_mode="reduce-overhead"`: mT5-small trained 3.4x faster than upstream eager and 1.46x faster than
-upstream compiled this way, where the plain compiled step waits on the host, after a longer warm-up of compilation;
-see benchmarks/README.md). On the CPU batches are padded unless `--pack` is given:
-there the pure-PyTorch attention computes every (query, key) pair of a row, where the GPU kernels skip other examples'
-tiles (packed rows of 1024 tokens trained QA 5x slower than padded batches on the CPU). Evaluation always runs on
-padded batches, one example a row.
+(`torch_compile_mode="reduce-overhead"`; see benchmarks/README.md for what CUDA graphs do to training speed). On the
+CPU batches are padded unless `--pack` is given: there the pure-PyTorch attention computes every (query, key) pair of
+a row, where the GPU kernels skip other examples' tiles (packed rows of 1024 tokens trained QA 5x slower than padded
+batches on the CPU). Evaluation always runs on padded batches, one example a row.
 """
 
 import argparse
@@ -695,7 +693,7 @@ def build_parser():
         "--cuda-graphs",
         action="store_true",
         help="replay each compiled step from CUDA graphs (torch_compile_mode='reduce-overhead'; GPU only): faster "
-        "where the host cannot launch the kernels as fast as the GPU runs them, as for mT5-small",
+        "where the host cannot launch the kernels as fast as the GPU runs them",
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quiet", action="store_true", help="no progress bars nor logs")
@@ -880,12 +878,10 @@ def finetune_and_save(args) -> dict:
         if not args.no_reload_check:
             t = time.perf_counter()
             # A sharded (FSDP) model cannot run on one process alone: compare with the saved weights loaded here.
-            # Otherwise the trained model, without the autocast that mixed precision wrapped its forward in: the
-            # fresh process computes in the saved dtype, and so must this one for the two to compare.
             if trainer.is_fsdp_enabled:
                 here = AUTO_CLASSES[head].from_pretrained(model_dir).to(trainer.args.device)
             else:
-                here = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+                here = without_mixed_precision(trainer)
             results["reload"] = check_reload(head, here, model_dir, task, workdir, generation_kwargs)
             timings["reload_check_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - started
@@ -908,6 +904,20 @@ def finetune_and_save(args) -> dict:
     if "reload" in results and not results["reload"]["passed"]:
         raise ReloadCheckFailed(describe_reload_failure(results["reload"], output_dir))
     return results
+
+
+def without_mixed_precision(trainer):
+    """The trained model computing in its weights' dtype, as the fresh process of the reload check does, through its
+    class's own `forward`.
+
+    Mixed precision wraps the instance's `forward` in autocast; removing that instance attribute brings the class's
+    `forward` back. `unwrap_model(keep_fp32_wrapper=False)` would not do: it unwraps every `__wrapped__`, the model's
+    own decorators included. Without `deprecate_kwarg`, the `past_key_values` that `generate` passes in transformers
+    5.17 reaches the decoder beside `cache=None`, and the decoder drops the generation cache.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+    vars(model).pop("forward", None)
+    return model
 
 
 def format_results(results) -> str:

@@ -18,6 +18,8 @@ import pytest
 import torch
 import transformers
 
+import fat5
+
 
 DATA = finetune.DATA_DIR
 TINY = ["--max-steps", "4", "--batch-size", "8", "--max-train-examples", "32", "--max-eval-examples", "12"]
@@ -203,12 +205,14 @@ def test_sigterm_removes_the_temporary_folder(tiny_checkpoint, tmp_path):
     assert os.listdir(tmp_path) == [], "SIGTERM left a folder behind"
 
 
-def test_bf16_run_passes_its_reload_check(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("head", ["seq-cls", "seq2seq"])
+def test_bf16_run_passes_its_reload_check(head, tiny_checkpoint, tmp_path):
     """--bf16 on the CPU: the trained model computes under bf16 autocast in training and evaluation; the reload check
     compares it with the reloaded model both in the saved (fp32) weights' own precision, so bf16 rounding is no
-    reason to fail (it was: the run was deleted)."""
+    reason to fail (it was: the run was deleted). Seq2seq generates on both sides (with transformers 5.17 it failed:
+    test_reload_check_runs_the_trained_model_through_its_own_forward)."""
     out = tmp_path / "run"
-    assert run_finetune("--head", "seq-cls", "--model", tiny_checkpoint, "--output-dir", out, "--bf16") == 0
+    assert run_finetune("--head", head, "--model", tiny_checkpoint, "--output-dir", out, "--bf16") == 0
     reload = json.loads((out / "results.json").read_text())["reload"]
     assert reload["passed"] and reload["differing_predictions"] == 0
     assert reload["max_abs_diff"] <= reload["tolerance"] and reload["dtype"] == "float32"
@@ -477,6 +481,35 @@ def test_cuda_graphs_need_a_compiled_model_on_a_gpu(argv, tiny_checkpoint, tmp_p
     out = tmp_path / "run"
     assert run_finetune("--model", tiny_checkpoint, "--output-dir", out, *argv) == 2
     assert "--cuda-graphs replays the compiled model" in capsys.readouterr().err and not out.exists()
+
+
+def test_reload_check_runs_the_trained_model_through_its_own_forward(tmp_path):
+    """Mixed precision wraps the trained model's `forward` in autocast. The reload check's in-process side drops that
+    wrapper but keeps the class's `forward` whole: its `deprecate_kwarg` hands `past_key_values` (what `generate` passes
+    in transformers 5.17) to the decoder as its cache. Unwrapping every `__wrapped__` lost it, and generation with it."""
+    torch.manual_seed(0)
+    config = fat5.FlashT5Config(
+        vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0
+    )
+    examples = [{"input_ids": [5, 6, 7, 1], "labels": [8, 9, 1]}] * 4
+    trainer = transformers.Seq2SeqTrainer(
+        model=fat5.FlashT5ForConditionalGeneration(config),
+        args=transformers.Seq2SeqTrainingArguments(
+            tmp_path, bf16=True, use_cpu=True, max_steps=1, per_device_train_batch_size=4, report_to=[],
+            save_strategy="no", remove_unused_columns=False, disable_tqdm=True,
+        ),
+        train_dataset=examples,
+        data_collator=fat5.DataCollatorWithPacking(max_length=16, decoder_max_length=16),
+    )  # fmt: skip
+    trainer.train()
+    assert "forward" in vars(trainer.model)  # mixed precision's wrapper: the case under test
+
+    here = finetune.without_mixed_precision(trainer)
+    cache = transformers.EncoderDecoderCache(transformers.DynamicCache(), transformers.DynamicCache())
+    with torch.no_grad():
+        here(input_ids=torch.tensor([[5, 6, 7, 1]]), decoder_input_ids=torch.tensor([[0, 8]]), past_key_values=cache)
+    assert cache.get_seq_length() == 2
+    assert "forward" not in vars(here)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs replay on a CUDA GPU only")
