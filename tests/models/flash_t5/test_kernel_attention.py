@@ -33,6 +33,7 @@ pytest.importorskip("triton", reason="the fat5 attention kernels need Triton")
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from transformers.models.t5.modeling_t5 import T5Attention  # noqa: E402
 
 from fat5.models.flash_t5.kernels import attention as A  # noqa: E402
 from fat5.models.flash_t5.modeling_flash_t5 import alibi_slopes, relative_position_bucket  # noqa: E402
@@ -72,7 +73,8 @@ def reference_attention(
 
 def t5_dense_bias(table, seq_m, seq_n, offset, bidirectional, num_buckets, max_distance):
     relative = torch.arange(seq_n)[None, :] - torch.arange(seq_m)[:, None] - offset
-    buckets = relative_position_bucket(relative, bidirectional, num_buckets, max_distance).to(table.device)
+    buckets = T5Attention._relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+    buckets = buckets.to(table.device)
     return table[buckets].permute(2, 0, 1).unsqueeze(0)
 
 
@@ -182,6 +184,17 @@ def test_t5_relative_bias(poison, kv_layout, seq_m, seq_n, bidirectional, length
 
 
 @pytest.mark.parametrize("bidirectional", [True, False], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 12), (64, 256), (4, 8), (32, 1024)])
+def test_kernels_and_model_bucket_as_t5(num_buckets, max_distance, bidirectional):
+    """The kernels' bucketing (their own: they import nothing from the model) and the model's both give T5's bucket to
+    every relative position, on both sides and far beyond max_distance."""
+    relative = torch.arange(-8 * max_distance, 8 * max_distance + 1)
+    expected = T5Attention._relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+    assert torch.equal(A.t5_relative_position_bucket(relative, bidirectional, num_buckets, max_distance), expected)
+    assert torch.equal(relative_position_bucket(relative, bidirectional, num_buckets, max_distance), expected)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 12), (64, 256), (4, 8)])
 def test_far_distance_starts_where_the_bucket_stops_changing(num_buckets, max_distance, bidirectional):
     """Every relative position from far_distance on, on each side and well past max_distance, has the bucket of the
@@ -189,7 +202,7 @@ def test_far_distance_starts_where_the_bucket_stops_changing(num_buckets, max_di
     far = A.far_distance(num_buckets, max_distance, bidirectional)
     assert 1 <= far <= max_distance
     relative = torch.arange(-4 * max_distance, 4 * max_distance + 1)
-    buckets = relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+    buckets = T5Attention._relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
     by_position = dict(zip(relative.tolist(), buckets.tolist()))
     for side in (1, -1):
         beyond = [by_position[side * distance] for distance in range(far, 4 * max_distance + 1)]
