@@ -6,14 +6,15 @@
 The bias is never a (query x key) tensor for the position encodings that do not need one:
 
 - T5 relative buckets: the (buckets x heads) table is expanded into the bias of every relative position `key -
-  query` in [-max_distance, max_distance] through `t5_relative_position_bucket` (T5's bucketing, tested against
-  transformers' T5 bucket for bucket), where the kernels' max_distance is `far_distance`: the distance from which the
-  bucket no longer changes (92 for T5's 32 buckets and max distance 128, bidirectional). A tile's bias depends only
-  on the offset of its corner from the diagonal, and the tiles within max_distance of the diagonal come in a few such
-  offsets whatever the sequence lengths: their bias is gathered once, in the caller's graph, and a kernel reads one
-  with a block load. A tile whose every relative position lies beyond max_distance (most tiles of a long sequence)
-  adds a single value. Backward sums the score gradients of each relative position (a tile's diagonals) in the
-  kernel, one partial row per program; autograd takes them back to the bucket table.
+  query` in [-max_distance, max_distance] through transformers' T5 bucketing (`T5Attention._relative_position_bucket`,
+  the definition the table follows; the kernels import nothing from the model), where the kernels' max_distance is
+  `far_distance`: the distance from which the bucket no longer changes (92 for T5's 32 buckets and max distance 128,
+  bidirectional). A tile's bias depends only on the offset of its corner from the diagonal, and the tiles within
+  max_distance of the diagonal come in a few such offsets whatever the sequence lengths: their bias is gathered once,
+  in the caller's graph, and a kernel reads one with a block load. A tile whose every relative position lies beyond
+  max_distance (most tiles of a long sequence) adds a single value. Backward sums the score gradients of each
+  relative position (a tile's diagonals) in the kernel, one partial row per program; autograd takes them back to the
+  bucket table.
 - ALiBi: `-slope * |key - query|` from the per-head slopes, symmetric or asymmetric (the first half of the heads
   sees only earlier keys, the second half only later ones).
 - Any other bias (FIRE, a user's) is read as a dense (batch|1, heads|1, query, key) tensor, with its gradient.
@@ -41,6 +42,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 from torch.nn import functional as F
+from transformers.models.t5.modeling_t5 import T5Attention
 from transformers.utils import logging
 
 from .utils import fix_interpreter_loop_bounds, interpreting, is_decode_step, kernel_op, kernels_can_run
@@ -1433,30 +1435,6 @@ def _backward_from_autograd(ctx, grad_out, _grad_lse):
 attention_forward_op.register_autograd(_backward_from_autograd, setup_context=_setup_context)
 
 
-def t5_relative_position_bucket(
-    relative_position: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int
-) -> torch.Tensor:
-    """The bucket of each relative position `key - query`, as T5 defines it (the meaning of the bucket table that
-    `fat5_attention` takes): a side's first half of buckets holds one distance each, its second half spans the
-    distances up to `max_distance` on a log scale, and the last bucket every distance beyond. Bidirectional: keys
-    after the query take the upper half of the buckets. Causal: keys after the query share bucket 0.
-
-    The same float32 operations as T5 in the same order, so that the log-scale buckets agree to the bit.
-    """
-    if bidirectional:
-        num_buckets //= 2
-        side_offset = (relative_position > 0).long() * num_buckets
-        distance = relative_position.abs()
-    else:
-        side_offset = 0
-        distance = (-relative_position).clamp(min=0)
-    exact = num_buckets // 2
-    log_scaled = exact + (
-        torch.log(distance.float() / exact) / math.log(max_distance / exact) * (num_buckets - exact)
-    ).to(torch.long)
-    return side_offset + torch.where(distance < exact, distance, log_scaled.clamp(max=num_buckets - 1))
-
-
 @_cached_in_eager_mode
 @torch.compiler.assume_constant_result
 def far_distance(num_buckets: int, max_distance: int, bidirectional: bool) -> int:
@@ -1470,7 +1448,7 @@ def far_distance(num_buckets: int, max_distance: int, bidirectional: bool) -> in
     A constant to torch.compile, which would otherwise trace the bucketing.
     """
     relative = torch.arange(-max_distance, max_distance + 1)
-    buckets = t5_relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+    buckets = T5Attention._relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
     near = ((relative < 0) & (buckets != buckets[0])) | ((relative > 0) & (buckets != buckets[-1]))
     last_near = int(relative[near].abs().max()) if near.any() else 0
     return min(last_near + 2, max_distance)
@@ -1495,7 +1473,7 @@ def _distance_buckets(num_buckets: int, max_distance: int, bidirectional: bool, 
     """T5's bucket of every relative position in [-far, far], far = `far_distance(...)`."""
     far = far_distance(num_buckets, max_distance, bidirectional)
     relative = torch.arange(-far, far + 1, device=device)
-    return t5_relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
+    return T5Attention._relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
 
 
 def dense_bias(bias_kind, bias, seq_m, seq_n, query_offset, max_distance, alibi_asymmetric, device):
